@@ -1,0 +1,36 @@
+# The two commands a newcomer needs: `make serve` and `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+WEIGHTS ?= weights.yaml
+
+.PHONY: install serve test lint format tiny clean
+
+$(BIN)/retouch: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: on this kind of machine pip takes it from local disk;
+	# on a CUDA box the same line gets the CUDA build from PyPI.
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(BIN)/retouch
+
+install: $(BIN)/retouch
+
+serve: install
+	$(BIN)/retouch serve --weights $(WEIGHTS)
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+tiny: install
+	$(BIN)/retouch weights tiny ./tiny-weights
+
+clean:
+	rm -rf $(VENV) tiny-weights data .pytest_cache

@@ -1,0 +1,204 @@
+"""weights.yaml: which models exist, where their files are, and the limits jobs must respect.
+
+Nothing is ever inferred from a model's name: roles, pipelines, LoRAs and presets are all
+declared here. Relative paths resolve against ``root`` (itself relative to the YAML file).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RegistryError
+
+Role = Literal["edit", "edit_plus", "inpaint", "refiner"]
+PipelineKind = Literal["qwen_image_edit_plus", "z_image_img2img"]
+DType = Literal["bfloat16", "float16", "float32"]
+
+# What a diffusers folder must hold, per pipeline kind, for loading to succeed offline.
+REQUIRED_SUBFOLDERS: dict[str, tuple[str, ...]] = {
+    "qwen_image_edit_plus": ("transformer", "vae", "text_encoder", "tokenizer", "processor", "scheduler"),
+    "z_image_img2img": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraEntry(_Strict):
+    path: str
+    hub_id: str | None = None
+    revision: str | None = None
+    # Distilled LoRAs (Lightning) fix the number of steps and want no CFG.
+    steps: int | None = Field(default=None, ge=1, le=100)
+    guidance: float | None = Field(default=None, ge=0, le=20)
+    # name of an entry in the top-level ``schedulers`` table
+    scheduler: str | None = None
+    weight: float = 1.0
+
+
+class ModelEntry(_Strict):
+    roles: list[Role]
+    pipeline: PipelineKind
+    path: str
+    hub_id: str
+    revision: str
+    dtype: DType = "bfloat16"
+    device: str = "cuda"
+    default_steps: int = Field(ge=1, le=100)
+    default_guidance: float = Field(ge=0, le=20)
+    # The Plus pipeline resizes condition images to these areas (VAE and vision encoder).
+    vae_condition_pixels: int = Field(default=1024 * 1024, ge=64 * 64)
+    vl_condition_pixels: int = Field(default=384 * 384, ge=56 * 56)
+    loras: dict[str, LoraEntry] = Field(default_factory=dict)
+    # Refiner only: steps the img2img pass would take at strength 1.
+    vae_tiling_above_pixels: int = Field(default=2048 * 2048, ge=1)
+
+
+class ModePreset(_Strict):
+    prompt_template: str | None = None  # "{prompt}" is replaced by the user's instruction
+    lora: str | None = None
+    negative_prompt: str | None = None
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_placeholder(cls, v: str | None) -> str | None:
+        if v is not None and "{prompt}" not in v:
+            raise ValueError(f"prompt_template must contain '{{prompt}}', got {v!r}")
+        return v
+
+
+class Limits(_Strict):
+    max_input_pixels: int = Field(default=40_000_000, ge=1)
+    max_images_per_job: int = Field(default=3, ge=1)
+    max_references: int = Field(default=5, ge=0)
+    max_output_side: int = Field(default=2048, ge=16)
+    max_num_images: int = Field(default=4, ge=1)
+    max_prompt_chars: int = Field(default=4000, ge=1)
+    job_timeout_s: float = Field(default=600, gt=0)
+
+
+class Resolutions(_Strict):
+    """Output pixel area per preset. 2k/4k edit at 1k and let the refiner add detail."""
+
+    k1: int = Field(default=1024 * 1024, alias="1k")
+    k2: int = Field(default=2048 * 2048, alias="2k")
+    k4: int = Field(default=4096 * 4096, alias="4k")
+    upscale_refine_strength: float = Field(default=0.3, ge=0, le=1)
+
+    def area(self, preset: str) -> int:
+        return {"1k": self.k1, "2k": self.k2, "4k": self.k4}[preset]
+
+
+class Registry(_Strict):
+    version: Literal[1] = 1
+    root: str = "."
+    models: dict[str, ModelEntry]
+    schedulers: dict[str, dict] = Field(default_factory=dict)
+    modes: dict[str, ModePreset] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    resolutions: Resolutions = Field(default_factory=Resolutions)
+    # where this file was read from; set by load_registry, used to resolve relative paths
+    source: str | None = None
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Registry:
+        for name, model in self.models.items():
+            for lora_name, lora in model.loras.items():
+                if lora.scheduler is not None and lora.scheduler not in self.schedulers:
+                    raise ValueError(
+                        f"models.{name}.loras.{lora_name}.scheduler: {lora.scheduler!r} is not in "
+                        f"schedulers (have {sorted(self.schedulers)})"
+                    )
+        for role in ("edit", "edit_plus", "refiner"):
+            holders = [n for n, m in self.models.items() if role in m.roles]
+            if len(holders) > 1:
+                raise ValueError(f"role {role!r} is declared by several models: {holders}")
+        edit_loras = {n for m in self.models.values() if "edit_plus" in m.roles for n in m.loras}
+        for mode_name, mode in self.modes.items():
+            if mode.lora is not None and mode.lora not in edit_loras:
+                raise ValueError(f"modes.{mode_name}.lora: {mode.lora!r} is not a LoRA of the edit model")
+        return self
+
+    # -- lookups -------------------------------------------------------------------------
+    def model_for(self, role: str) -> tuple[str, ModelEntry] | None:
+        for name, model in self.models.items():
+            if role in model.roles:
+                return name, model
+        return None
+
+    def base_dir(self) -> Path:
+        here = Path(self.source).parent if self.source else Path.cwd()
+        return (here / self.root).resolve()
+
+    def resolve(self, relative: str) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else self.base_dir() / p
+
+    def lightning_lora(self, steps: int) -> str | None:
+        """The LoRA of the edit model declared for ``steps`` distilled steps."""
+        found = self.model_for("edit_plus") or self.model_for("edit")
+        if found is None:
+            return None
+        for lora_name, lora in found[1].loras.items():
+            if lora.steps == steps and lora.scheduler is not None:
+                return lora_name
+        return None
+
+    def missing_files(self) -> list[str]:
+        """Human-readable list of declared files/folders that are not on disk."""
+        missing: list[str] = []
+        for name, model in self.models.items():
+            folder = self.resolve(model.path)
+            if not folder.is_dir():
+                missing.append(f"{name}: folder {folder} does not exist")
+            else:
+                if not (folder / "model_index.json").is_file():
+                    missing.append(f"{name}: {folder / 'model_index.json'} is missing")
+                for sub in REQUIRED_SUBFOLDERS[model.pipeline]:
+                    if not (folder / sub).is_dir():
+                        missing.append(f"{name}: subfolder {folder / sub} is missing")
+            for lora_name, lora in model.loras.items():
+                file = self.resolve(lora.path)
+                if not file.is_file():
+                    missing.append(f"{name}.loras.{lora_name}: file {file} is missing")
+        return missing
+
+
+def load_registry(path: str | Path) -> Registry:
+    """Read and validate weights.yaml. Errors name the file, the key and the bad value."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise RegistryError(f"{path}: file not found") from e
+    except yaml.YAMLError as e:
+        raise RegistryError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise RegistryError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw["source"] = str(path.resolve())
+    try:
+        return Registry.model_validate(raw)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            bad = err.get("input")
+            shown = repr(bad) if not isinstance(bad, dict) else "{...}"
+            problems.append(f"{key}: {err['msg']} (got {shown})")
+        raise RegistryError(f"{path}: invalid weights registry:\n  " + "\n  ".join(problems)) from e
+
+
+def require_files(registry: Registry) -> None:
+    missing = registry.missing_files()
+    if missing:
+        raise RegistryError(
+            f"weights declared in {registry.source} are not on disk:\n  "
+            + "\n  ".join(missing)
+            + "\nFetch them with `retouch weights pull` on a connected machine, or build a CPU demo"
+            " set with `retouch weights tiny DIR` and pass --weights DIR/weights.yaml."
+        )

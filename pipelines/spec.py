@@ -1,0 +1,79 @@
+"""What the engine is asked to do (``EditSpec``) and what it gives back (``EditResult``).
+
+Both are plain dataclasses, independent of any HTTP contract: every contract translates its
+request into an ``EditSpec``. Input pictures travel as encoded bytes so that the engine, not
+the caller, decodes them safely (pixel cap, EXIF orientation, mode conversion).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+OutputFormat = Literal["webp", "jpeg", "png"]
+Resolution = Literal["1k", "2k", "4k"]
+
+# on_progress(stage, step, total); stages: "encode", "denoise", "refine", "decode", "postprocess".
+# A callback may raise (e.g. JobCancelledError) to stop the job between steps.
+ProgressCallback = Callable[[str, int, int], None]
+
+
+@dataclass
+class ReferenceImage:
+    image: bytes
+    description: str | None = None
+
+
+@dataclass
+class EditSpec:
+    prompt: str
+    images: list[bytes]
+    negative_prompt: str | None = None
+    references: list[ReferenceImage] = field(default_factory=list)
+    # white = edit, black = keep; same size as images[0]
+    mask: bytes | None = None
+    mask_feather_px: int = 8
+    # None = full model; 4 or 8 = the Lightning LoRA with that many steps
+    lightning_steps: int | None = 8
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    # 0 = plain CFG, 1 = the norm rescaling of the stock Qwen pipelines, in between a blend
+    cfg_norm_strength: float = 1.0
+    refine_strength: float = 0.0
+    resolution: Resolution | None = None
+    width: int | None = None
+    height: int | None = None
+    aspect_ratio: str | None = None  # "16:9"
+    num_images: int = 1
+    seed: int = -1  # -1 = random; the seed used is reported
+    output_format: OutputFormat = "webp"
+    output_quality: int = 90
+    product_saturation: float | None = None  # applied to images[1]
+    tone_correction: float = 0.0
+    palette: list[str] = field(default_factory=list)
+    has_text: bool = False
+    has_product: bool = False
+    mode: str | None = None
+
+
+@dataclass
+class OutputImage:
+    data: bytes
+    mime_type: str
+    format: OutputFormat
+    width: int
+    height: int
+    sha256: str
+    seed: int
+
+
+@dataclass
+class EditResult:
+    images: list[OutputImage]
+    seed: int
+    # seconds per stage: encode, denoise, refine, decode, postprocess, total
+    timings: dict[str, float]
+    # model/LoRA file hashes, scheduler settings, seed, library versions, effective parameters
+    record: dict
+    warnings: list[str] = field(default_factory=list)

@@ -1,0 +1,297 @@
+"""``retouch weights tiny DIR``: tiny random-weight versions of every model in the real layout.
+
+Every component is the real class (Qwen-Image transformer and VAE, Qwen2.5-VL encoder and
+processor, Z-Image transformer, AutoencoderKL, Qwen3), saved as a diffusers folder that loads
+offline exactly like the production weights. The Lightning LoRAs are written in the kohya
+format the real files use, so they go through diffusers' own key conversion on load.
+Deterministic: the same call writes the same tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from .tokenizer import QWEN_SPECIAL_TOKENS, train_tiny_qwen_tokenizer
+
+# Small enough that a whole edit runs in well under a second on 2 CPU cores.
+QWEN_TRANSFORMER = dict(
+    patch_size=2,
+    in_channels=16,
+    out_channels=4,
+    num_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=3,
+    joint_attention_dim=16,
+    guidance_embeds=False,
+    axes_dims_rope=(8, 4, 4),
+)
+QWEN_VAE_Z = 4
+LORA_RANK = 4
+# The Plus pipeline resizes condition images to these areas; the real values (1 MP, 384^2)
+# would make the tiny transformer attend over ~16k tokens, so the tiny set declares smaller ones.
+TINY_VAE_CONDITION_PIXELS = 128 * 128
+TINY_VL_CONDITION_PIXELS = 112 * 112
+
+
+def _config(name: str) -> dict:
+    text = resources.files("pipelines.configs").joinpath(name).read_text()
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def _build_qwen_edit(out: Path, tokenizer) -> None:
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPlusPipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(**QWEN_TRANSFORMER)
+    torch.manual_seed(0)
+    vae = AutoencoderKLQwenImage(
+        base_dim=QWEN_VAE_Z * 2,
+        z_dim=QWEN_VAE_Z,
+        dim_mult=[1, 2, 4],
+        num_res_blocks=1,
+        temperal_downsample=[False, True],
+        latents_mean=[0.0] * QWEN_VAE_Z,
+        latents_std=[1.0] * QWEN_VAE_Z,
+    )
+    torch.manual_seed(0)
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "vocab_size": len(tokenizer),
+            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+            "rope_theta": 1000000.0,
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_heads": 2,
+            "out_hidden_size": 16,
+            "fullatt_block_indexes": [1],
+        },
+        vocab_size=len(tokenizer),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        vision_token_id=ids["<|vision_pad|>"],
+    )
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+
+    pp = _config("qwen_image_edit_processor_preprocessor_config.json")
+    image_kwargs = {k: pp[k] for k in ("patch_size", "temporal_patch_size", "merge_size")}
+    image_kwargs |= {"image_mean": pp["image_mean"], "image_std": pp["image_std"]}
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(
+            min_pixels=pp["min_pixels"], max_pixels=pp["max_pixels"], **image_kwargs
+        ),
+        video_processor=Qwen2VLVideoProcessor(**image_kwargs),
+        tokenizer=tokenizer,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(**_config("qwen_image_edit_scheduler.json"))
+    pipe = QwenImageEditPlusPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        processor=processor,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+def _build_z_image(out: Path, tokenizer) -> None:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline
+    from diffusers import ZImageTransformer2DModel as ZT
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(1)
+    transformer = ZT(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=32,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        norm_eps=1e-5,
+        qk_norm=True,
+        cap_feat_dim=16,
+        rope_theta=256.0,
+        t_scale=1000.0,
+        axes_dims=[8, 4, 4],
+        axes_lens=[256, 128, 128],
+    )
+    # Random init of the pad embeddings can leave them at values that turn attention NaN on
+    # padded sequences; ones are what makes the tiny refiner numerically safe.
+    with torch.no_grad():
+        transformer.x_pad_token.fill_(1.0)
+        transformer.cap_pad_token.fill_(1.0)
+    torch.manual_seed(1)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        block_out_channels=[32, 64],
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=32,
+        sample_size=32,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+    )
+    torch.manual_seed(1)
+    text_encoder = Qwen3Model(
+        Qwen3Config(
+            hidden_size=16,
+            intermediate_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=512,
+        )
+    ).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(**_config("z_image_turbo_scheduler.json"))
+    ZImagePipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+    ).save_pretrained(out, safe_serialization=True)
+
+
+def lightning_lora_state_dict(steps: int, *, rank: int = LORA_RANK) -> dict[str, torch.Tensor]:
+    """A LoRA over every linear layer of the tiny transformer's blocks, kohya key format."""
+    from diffusers import QwenImageTransformer2DModel
+
+    with torch.device("meta"):
+        skeleton = QwenImageTransformer2DModel(**QWEN_TRANSFORMER)
+    gen = torch.Generator().manual_seed(100 + steps)
+    state: dict[str, torch.Tensor] = {}
+    for name, module in skeleton.named_modules():
+        if not name.startswith("transformer_blocks.") or not isinstance(module, torch.nn.Linear):
+            continue
+        down = torch.randn(rank, module.in_features, generator=gen) / math.sqrt(module.in_features)
+        up = torch.randn(module.out_features, rank, generator=gen) * 0.5
+        state[f"{name}.lora_down.weight"] = down.to(torch.bfloat16)
+        state[f"{name}.lora_up.weight"] = up.to(torch.bfloat16)
+        state[f"{name}.alpha"] = torch.tensor(float(rank), dtype=torch.bfloat16)
+    return state
+
+
+def tiny_registry() -> dict:
+    lightning = _config("qwen_image_lightning_scheduler.json")
+    return {
+        "version": 1,
+        "root": ".",
+        "models": {
+            "qwen-image-edit-tiny": {
+                "roles": ["edit", "edit_plus", "inpaint"],
+                "pipeline": "qwen_image_edit_plus",
+                "path": "qwen-image-edit",
+                "hub_id": "retouch/tiny-random-qwen-image-edit",
+                "revision": "local",
+                "dtype": "float32",
+                "device": "cpu",
+                "default_steps": 4,
+                "default_guidance": 4.0,
+                "vae_condition_pixels": TINY_VAE_CONDITION_PIXELS,
+                "vl_condition_pixels": TINY_VL_CONDITION_PIXELS,
+                "loras": {
+                    f"lightning-{n}": {
+                        "path": f"qwen-image-lightning/lightning-{n}steps.safetensors",
+                        "hub_id": "retouch/tiny-random-lightning",
+                        "revision": "local",
+                        "steps": n,
+                        "guidance": 1.0,
+                        "scheduler": "lightning",
+                    }
+                    for n in (8, 4)
+                }
+                | {
+                    "anime-style": {
+                        "path": "qwen-image-lightning/anime-style.safetensors",
+                        "hub_id": "retouch/tiny-random-style",
+                        "revision": "local",
+                    }
+                },
+            },
+            "z-image-turbo-tiny": {
+                "roles": ["refiner"],
+                "pipeline": "z_image_img2img",
+                "path": "z-image-turbo",
+                "hub_id": "retouch/tiny-random-z-image-turbo",
+                "revision": "local",
+                "dtype": "float32",
+                "device": "cpu",
+                "default_steps": 8,
+                "default_guidance": 0.0,
+                "vae_tiling_above_pixels": 192 * 192,
+            },
+        },
+        "schedulers": {"lightning": lightning},
+        "modes": {
+            "anime": {
+                "prompt_template": "{prompt}. Redraw the photo as a clean anime illustration.",
+                "lora": "anime-style",
+            }
+        },
+        "limits": {
+            "max_input_pixels": 4_000_000,
+            "max_images_per_job": 3,
+            "max_references": 5,
+            "max_output_side": 1024,
+            "max_num_images": 4,
+            "max_prompt_chars": 2000,
+            "job_timeout_s": 120,
+        },
+        "resolutions": {"1k": 128 * 128, "2k": 256 * 256, "4k": 512 * 512, "upscale_refine_strength": 0.3},
+    }
+
+
+def build_tiny_weights(directory: str | Path) -> Path:
+    """Write the tiny set into ``directory`` and return the path of its weights.yaml."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tiny_qwen_tokenizer()
+    _build_qwen_edit(out / "qwen-image-edit", tokenizer)
+    _build_z_image(out / "z-image-turbo", tokenizer)
+    lora_dir = out / "qwen-image-lightning"
+    lora_dir.mkdir(exist_ok=True)
+    for steps in (8, 4):
+        save_file(lightning_lora_state_dict(steps), lora_dir / f"lightning-{steps}steps.safetensors")
+    save_file(lightning_lora_state_dict(99), lora_dir / "anime-style.safetensors")
+    registry_path = out / "weights.yaml"
+    header = (
+        "# Tiny random-weight set written by `retouch weights tiny`: real architectures, noise pictures.\n"
+    )
+    registry_path.write_text(header + yaml.safe_dump(tiny_registry(), sort_keys=False))
+    return registry_path

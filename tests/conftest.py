@@ -1,0 +1,58 @@
+"""Shared fixtures: one tiny weights set and one engine per test session (built offline, CPU)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Path of the weights.yaml of a freshly built tiny set."""
+    from pipelines import build_tiny_weights
+
+    return build_tiny_weights(tmp_path_factory.mktemp("tiny-weights"))
+
+
+@pytest.fixture(scope="session")
+def registry(tiny_weights):
+    from pipelines import load_registry
+
+    return load_registry(tiny_weights)
+
+
+@pytest.fixture(scope="session")
+def engine(registry):
+    from pipelines import EditEngine
+
+    return EditEngine(registry)
+
+
+def make_photo(width: int = 96, height: int = 64, seed: int = 0) -> Image.Image:
+    """A picture with gradients and shapes, so edits and composites have something to change."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    r = (x * 255 / max(width - 1, 1)).astype(np.uint8)
+    g = (y * 255 / max(height - 1, 1)).astype(np.uint8)
+    b = ((x + y) % 64 * 4).astype(np.uint8)
+    arr = np.stack([r, g, b], axis=-1)
+    arr[height // 4 : height // 2, width // 4 : width // 2] = rng.integers(0, 255, 3, dtype=np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def photo_bytes() -> bytes:
+    return encode(make_photo())
