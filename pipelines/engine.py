@@ -1,0 +1,295 @@
+"""``EditEngine``: the one entry point from a validated ``EditSpec`` to encoded pictures."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from importlib import metadata
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import images as imageio
+from . import postprocess
+from .errors import EngineError, GPUOutOfMemoryError, NonFiniteOutputError
+from .loader import load_edit_model, load_refiner
+from .prompting import build_prompt
+from .registry import Registry, require_files
+from .sizing import output_size
+from .spec import EditResult, EditSpec, OutputImage, ProgressCallback
+from .validation import MAX_SEED, check_spec
+
+# Refining pictures with text or a product in them blurs lettering and fine print first.
+MAX_REFINE_WITH_TEXT = 0.15
+MAX_REFINE_WITH_PRODUCT = 0.2
+DEFAULT_NEGATIVE_PROMPT = " "
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("retouch", "torch", "diffusers", "transformers", "peft"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+class EditEngine:
+    """Loads every declared model once; ``run`` switches LoRAs and schedulers per job."""
+
+    def __init__(self, registry: Registry, device: str | None = None):
+        require_files(registry)
+        self.registry = registry
+        self.edit = load_edit_model(registry, device)
+        self.refiner = load_refiner(registry, device)
+        self.versions = _versions()
+
+    @property
+    def multiple(self) -> int:
+        return self.edit.pipe.vae_scale_factor * 2
+
+    # -- the job -----------------------------------------------------------------------------
+    def run(self, spec: EditSpec, on_progress: ProgressCallback | None = None) -> EditResult:
+        progress = on_progress or (lambda stage, step, total: None)
+        started = time.perf_counter()
+        try:
+            return self._run(spec, progress, started)
+        except torch.cuda.OutOfMemoryError as e:
+            torch.cuda.empty_cache()
+            raise GPUOutOfMemoryError("the GPU ran out of memory for this job; try a smaller size") from e
+
+    def _run(self, spec: EditSpec, progress: ProgressCallback, started: float) -> EditResult:
+        # 1. Check the job against the registry and decode every picture safely
+        warnings = check_spec(spec, self.registry)
+        progress("encode", 0, 1)
+        cap = self.registry.limits.max_input_pixels
+        pictures = [
+            imageio.decode_image(b, max_pixels=cap, what=f"images[{i}]") for i, b in enumerate(spec.images)
+        ]
+        references = [
+            imageio.decode_image(r.image, max_pixels=cap, what=f"references[{i}]")
+            for i, r in enumerate(spec.references)
+        ]
+        mask = None
+        if spec.mask is not None:
+            mask = imageio.decode_mask(spec.mask, pictures[0].size, max_pixels=cap)
+        original = pictures[0]
+        if spec.product_saturation is not None and len(pictures) > 1:
+            pictures[1] = postprocess.adjust_saturation(pictures[1], spec.product_saturation)
+
+        # 2. Settings: adapters, scheduler, steps, guidance, prompt, sizes
+        plan = self._plan(spec, warnings)
+        mode = self.registry.modes.get(spec.mode) if spec.mode else None
+        prompt = build_prompt(
+            spec.prompt,
+            num_images=len(pictures),
+            reference_descriptions=[r.description for r in spec.references],
+            mode=mode,
+            palette=spec.palette,
+            has_text=spec.has_text,
+            has_product=spec.has_product,
+        )
+        edit_size, final_size, upscaled = self._sizes(spec, original.size, mask is not None)
+        refine_strength = self._refine_strength(spec, upscaled, warnings)
+        self._activate(plan)
+
+        # 3. Edit (and refine) once per requested picture, each with its own seed
+        base_seed = secrets.randbelow(MAX_SEED + 1) if spec.seed == -1 else spec.seed
+        timings = {"encode": 0.0, "denoise": 0.0, "refine": 0.0, "decode": 0.0, "postprocess": 0.0}
+        outputs: list[OutputImage] = []
+        for k in range(spec.num_images):
+            seed = (base_seed + k) % (MAX_SEED + 1)
+            result = self.edit.pipe(
+                pictures + references,
+                prompt,
+                height=edit_size[1],
+                width=edit_size[0],
+                num_inference_steps=plan["steps"],
+                generator=torch.Generator("cpu").manual_seed(seed),
+                negative_prompt=plan["negative_prompt"],
+                true_cfg_scale=plan["guidance"],
+                cfg_norm_strength=spec.cfg_norm_strength,
+                mask=mask.resize(edit_size, Image.Resampling.BILINEAR) if mask is not None else None,
+                vae_condition_pixels=self.edit.entry.vae_condition_pixels,
+                vl_condition_pixels=self.edit.entry.vl_condition_pixels,
+                on_step=lambda step, total: progress("denoise", step, total),
+            )
+            for stage, seconds in result.timings.items():
+                timings[stage] += seconds
+            picture = result.images[0]
+            if picture.size != final_size:
+                picture = postprocess.upscale(picture, *final_size)
+            if refine_strength > 0:
+                t0 = time.perf_counter()
+                picture = self._refine(picture, spec.prompt, refine_strength, seed, progress)
+                timings["refine"] += time.perf_counter() - t0
+
+            # 4. Post-process and encode
+            t0 = time.perf_counter()
+            progress("postprocess", k, spec.num_images)
+            if spec.tone_correction > 0:
+                picture = postprocess.tone_correct(picture, original, spec.tone_correction)
+            if mask is not None:
+                alpha = postprocess.feathered_mask(mask, spec.mask_feather_px)
+                picture = postprocess.composite(picture, original, alpha)
+            data = imageio.encode_image(picture, spec.output_format, spec.output_quality)
+            outputs.append(
+                OutputImage(
+                    data=data,
+                    mime_type=imageio.MIME_TYPES[spec.output_format],
+                    format=spec.output_format,
+                    width=picture.size[0],
+                    height=picture.size[1],
+                    sha256=imageio.sha256_hex(data),
+                    seed=seed,
+                )
+            )
+            timings["postprocess"] += time.perf_counter() - t0
+        progress("postprocess", spec.num_images, spec.num_images)
+        timings["total"] = time.perf_counter() - started
+        record = self._record(plan, base_seed, edit_size, final_size, refine_strength, spec)
+        return EditResult(images=outputs, seed=base_seed, timings=timings, record=record, warnings=warnings)
+
+    # -- pieces --------------------------------------------------------------------------------
+    def _plan(self, spec: EditSpec, warnings: list[str]) -> dict:
+        entry = self.edit.entry
+        adapters: list[tuple[str, float]] = []
+        if spec.lightning_steps is not None:
+            name = self.registry.lightning_lora(spec.lightning_steps)
+            lora = entry.loras[name]
+            adapters.append((name, lora.weight))
+            steps, guidance = lora.steps, lora.guidance if lora.guidance is not None else 1.0
+            scheduler = lora.scheduler or "default"
+            negative = None
+        else:
+            steps = spec.num_inference_steps or entry.default_steps
+            guidance = spec.guidance_scale if spec.guidance_scale is not None else entry.default_guidance
+            scheduler = "default"
+            mode = self.registry.modes.get(spec.mode) if spec.mode else None
+            negative = (
+                spec.negative_prompt or (mode.negative_prompt if mode else None) or DEFAULT_NEGATIVE_PROMPT
+            )
+            if guidance <= 1 and spec.negative_prompt:
+                warnings.append("negative_prompt has no effect with guidance_scale <= 1")
+        if spec.mode and self.registry.modes[spec.mode].lora:
+            lora_name = self.registry.modes[spec.mode].lora
+            adapters.append((lora_name, entry.loras[lora_name].weight))
+        return {
+            "adapters": adapters,
+            "steps": steps,
+            "guidance": guidance,
+            "scheduler": scheduler,
+            "negative_prompt": negative,
+        }
+
+    def _activate(self, plan: dict) -> None:
+        """Switch adapters and scheduler for this job; nothing is reloaded."""
+        pipe = self.edit.pipe
+        if self.edit.adapters:
+            if plan["adapters"]:
+                pipe.enable_lora()
+                pipe.set_adapters([a for a, _ in plan["adapters"]], [w for _, w in plan["adapters"]])
+            else:
+                pipe.disable_lora()
+        pipe.scheduler = self.edit.schedulers[plan["scheduler"]]
+
+    def _sizes(self, spec: EditSpec, source: tuple[int, int], masked: bool):
+        limits, res = self.registry.limits, self.registry.resolutions
+        if masked:
+            # A masked edit must line up with the original pixel for pixel.
+            size = output_size(
+                source, width=None, height=None, aspect_ratio=None, area=source[0] * source[1],
+                multiple=self.multiple, max_side=max(limits.max_output_side, *source),
+            )  # fmt: skip
+            return size, source, False
+        kwargs = dict(
+            width=spec.width, height=spec.height, aspect_ratio=spec.aspect_ratio, multiple=self.multiple
+        )
+        if not (spec.width or spec.height or spec.aspect_ratio or spec.resolution):
+            # The hosted APIs answer with the source's size by default. The model runs at the
+            # source size up to its native area and larger sources are upscaled back afterwards.
+            final = output_size(
+                source, width=source[0], height=source[1], aspect_ratio=None,
+                multiple=self.multiple, area=source[0] * source[1], max_side=limits.max_output_side,
+            )  # fmt: skip
+            if final[0] * final[1] <= res.area("1k"):
+                return final, final, False
+            edit = output_size(source, area=res.area("1k"), max_side=limits.max_output_side, **kwargs)
+            return edit, final, False
+        edit = output_size(source, area=res.area("1k"), max_side=limits.max_output_side, **kwargs)
+        if spec.resolution in ("2k", "4k") and not (spec.width or spec.height):
+            area = res.area(spec.resolution)
+            final = output_size(source, area=area, max_side=max(limits.max_output_side, 16384), **kwargs)
+            return edit, final, True
+        return edit, edit, False
+
+    def _refine_strength(self, spec: EditSpec, upscaled: bool, warnings: list[str]) -> float:
+        strength = spec.refine_strength
+        if upscaled:
+            strength = max(strength, self.registry.resolutions.upscale_refine_strength)
+        for flag, cap, what in (
+            (spec.has_text, MAX_REFINE_WITH_TEXT, "has_text"),
+            (spec.has_product, MAX_REFINE_WITH_PRODUCT, "has_product"),
+        ):
+            if flag and strength > cap:
+                warnings.append(
+                    f"refine_strength lowered from {strength:g} to {cap:g} to protect detail ({what})"
+                )
+                strength = cap
+        return strength
+
+    def _refine(self, picture: Image.Image, prompt: str, strength: float, seed: int, progress) -> Image.Image:
+        pipe, entry = self.refiner.pipe, self.refiner.entry
+        w, h = picture.size
+        if w * h > entry.vae_tiling_above_pixels:
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
+
+        def on_step(p, i, t, kwargs):
+            progress("refine", i + 1, p.num_timesteps)
+            return kwargs
+
+        out = pipe(
+            prompt=prompt,
+            image=picture,
+            strength=strength,
+            height=h,
+            width=w,
+            num_inference_steps=entry.default_steps,
+            guidance_scale=entry.default_guidance,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            output_type="np",
+            callback_on_step_end=on_step,
+        ).images[0]
+        if not np.isfinite(out).all():
+            raise NonFiniteOutputError("the refiner produced NaN/Inf pixels; no picture was returned")
+        return Image.fromarray((out * 255).round().clip(0, 255).astype(np.uint8))
+
+    def _record(self, plan, seed, edit_size, final_size, refine_strength, spec) -> dict:
+        scheduler = self.edit.schedulers[plan["scheduler"]]
+        hashes = dict(self.edit.hashes)
+        if self.refiner is not None and refine_strength > 0:
+            hashes |= self.refiner.hashes
+        return {
+            "model": self.edit.name,
+            "hub_id": self.edit.entry.hub_id,
+            "revision": self.edit.entry.revision,
+            "loras": [name for name, _ in plan["adapters"]],
+            "file_sha256": hashes,
+            "scheduler": {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")},
+            "seed": seed,
+            "steps": plan["steps"],
+            "guidance_scale": plan["guidance"],
+            "cfg_norm_strength": spec.cfg_norm_strength,
+            "edit_size": list(edit_size),
+            "output_size": list(final_size),
+            "refiner": self.refiner.name if self.refiner is not None and refine_strength > 0 else None,
+            "refine_strength": refine_strength,
+            "versions": self.versions,
+        }
+
+
+__all__ = ["EditEngine", "EngineError"]

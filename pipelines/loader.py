@@ -1,0 +1,115 @@
+"""Loading declared models strictly offline, with their LoRAs kept resident as adapters."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import RegistryError
+from .registry import ModelEntry, Registry
+
+# No hub calls at run time, whatever a library would otherwise try (telemetry, config lookups).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, cached per (path, size, mtime) so a process hashes each file once."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASH_CACHE[key] = h.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def folder_hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): file_sha256(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix in {".safetensors", ".json", ".bin"}
+    }
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device(requested)
+
+
+@dataclass
+class LoadedEditModel:
+    name: str
+    entry: ModelEntry
+    pipe: object  # RetouchQwenEditPipeline
+    schedulers: dict[str, object]  # "default" plus the registry's named schedulers
+    adapters: list[str]
+    hashes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedRefiner:
+    name: str
+    entry: ModelEntry
+    pipe: object  # ZImageImg2ImgPipeline
+    hashes: dict[str, str] = field(default_factory=dict)
+
+
+def load_edit_model(registry: Registry, device: str | None = None) -> LoadedEditModel:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from .qwen_edit import RetouchQwenEditPipeline
+
+    found = registry.model_for("edit_plus") or registry.model_for("edit")
+    if found is None:
+        raise RegistryError(f"{registry.source}: no model declares the role 'edit_plus' or 'edit'")
+    name, entry = found
+    folder = registry.resolve(entry.path)
+    target = resolve_device(device or entry.device)
+    dtype = DTYPES[entry.dtype]
+    pipe = RetouchQwenEditPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    pipe.to(target)
+    pipe.set_progress_bar_config(disable=True)
+    hashes = {f"{name}/{k}": v for k, v in folder_hashes(folder).items()}
+
+    # Every LoRA is loaded once as a named adapter; jobs switch adapters, never reload files.
+    adapters = []
+    for lora_name, lora in entry.loras.items():
+        file = registry.resolve(lora.path)
+        pipe.load_lora_weights(str(file), adapter_name=lora_name)
+        adapters.append(lora_name)
+        hashes[f"{name}.loras.{lora_name}"] = file_sha256(file)
+    if adapters:
+        pipe.disable_lora()
+
+    schedulers = {"default": pipe.scheduler}
+    for sched_name, overrides in registry.schedulers.items():
+        config = {k: v for k, v in overrides.items() if not k.startswith("_")}
+        schedulers[sched_name] = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, **config)
+    return LoadedEditModel(name, entry, pipe, schedulers, adapters, hashes)
+
+
+def load_refiner(registry: Registry, device: str | None = None) -> LoadedRefiner | None:
+    from diffusers import ZImageImg2ImgPipeline
+
+    found = registry.model_for("refiner")
+    if found is None:
+        return None
+    name, entry = found
+    folder = registry.resolve(entry.path)
+    pipe = ZImageImg2ImgPipeline.from_pretrained(
+        folder, torch_dtype=DTYPES[entry.dtype], local_files_only=True
+    )
+    pipe.to(resolve_device(device or entry.device))
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedRefiner(name, entry, pipe, {f"{name}/{k}": v for k, v in folder_hashes(folder).items()})

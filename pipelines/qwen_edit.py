@@ -1,0 +1,239 @@
+"""Qwen-Image-Edit-Plus with the controls the stock ``__call__`` does not expose.
+
+The subclass reuses every building block of diffusers' ``QwenImageEditPlusPipeline``
+(prompt encoding with the vision-language model, VAE encoding, latent packing, timestep
+shift) and only rewrites the denoising loop, to add:
+
+- ``cfg_norm_strength``: 0 = plain true CFG, 1 = the stock norm rescaling (bit-identical to
+  the stock pipeline for the same seed), in between a blend;
+- a mask that guides the edit in latent space (the unmasked region is re-noised from the
+  input's latents every step, as inpainting pipelines do);
+- configurable condition-image areas (the stock module fixes 1 MP / 384^2);
+- per-step progress that can stop the job, per-stage timings, and a NaN/Inf guard.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import QwenImageEditPlusPipeline
+from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (
+    calculate_dimensions,
+    calculate_shift,
+    retrieve_timesteps,
+)
+from PIL import Image
+
+from .errors import InvalidInputError, NonFiniteOutputError
+
+
+@dataclass
+class QwenEditOutput:
+    images: list[Image.Image]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _StageClock:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.timings: dict[str, float] = {}
+
+    def mark(self, stage: str, started: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - started
+        return now
+
+
+class RetouchQwenEditPipeline(QwenImageEditPlusPipeline):
+    def check_edit_inputs(self, images, prompt, height, width, num_inference_steps, true_cfg_scale, mask):
+        if not images:
+            raise InvalidInputError("at least one input image is required", field="images")
+        if not prompt or not prompt.strip():
+            raise InvalidInputError("prompt must not be empty", field="prompt")
+        multiple = self.vae_scale_factor * 2
+        if height % multiple or width % multiple:
+            raise InvalidInputError(f"height and width must be multiples of {multiple}, got {width}x{height}")
+        if not 1 <= num_inference_steps <= 100:
+            raise InvalidInputError(
+                f"num_inference_steps must be within 1..100, got {num_inference_steps}",
+                field="num_inference_steps",
+            )
+        if not 0 <= true_cfg_scale <= 20:
+            raise InvalidInputError(
+                f"guidance_scale must be within 0..20, got {true_cfg_scale}", field="guidance_scale"
+            )
+        if mask is not None and mask.size != (width, height):
+            raise InvalidInputError(
+                f"mask is {mask.size[0]}x{mask.size[1]} but the output is {width}x{height}", field="mask"
+            )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        images: list[Image.Image],
+        prompt: str,
+        *,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        generator: torch.Generator,
+        negative_prompt: str | None = None,
+        true_cfg_scale: float = 4.0,
+        cfg_norm_strength: float = 1.0,
+        mask: Image.Image | None = None,
+        vae_condition_pixels: int = 1024 * 1024,
+        vl_condition_pixels: int = 384 * 384,
+        on_step: Callable[[int, int], None] | None = None,
+        max_sequence_length: int = 512,
+    ) -> QwenEditOutput:
+        # 1. Check inputs
+        self.check_edit_inputs(images, prompt, height, width, num_inference_steps, true_cfg_scale, mask)
+        device = self._execution_device
+        clock = _StageClock(device)
+        started = time.perf_counter()
+
+        # 2. Resize condition images: small for the vision-language model, larger for the VAE
+        vl_images, vae_images, vae_sizes = [], [], []
+        for img in images:
+            ratio = img.size[0] / img.size[1]
+            cw, ch = calculate_dimensions(vl_condition_pixels, ratio)
+            vw, vh = calculate_dimensions(vae_condition_pixels, ratio)
+            vl_images.append(self.image_processor.resize(img, ch, cw))
+            vae_images.append(self.image_processor.preprocess(img, vh, vw).unsqueeze(2))
+            vae_sizes.append((vw, vh))
+
+        # 3. Encode the prompt (with the pictures) and, for true CFG, the negative prompt
+        do_true_cfg = true_cfg_scale > 1 and negative_prompt is not None
+        prompt_embeds, prompt_mask = self.encode_prompt(
+            prompt=prompt, image=vl_images, device=device, max_sequence_length=max_sequence_length
+        )
+        if do_true_cfg:
+            neg_embeds, neg_mask = self.encode_prompt(
+                prompt=negative_prompt,
+                image=vl_images,
+                device=device,
+                max_sequence_length=max_sequence_length,
+            )
+
+        # 4. Prepare latents: noise for the output, packed VAE latents of every input picture
+        num_channels = self.transformer.config.in_channels // 4
+        latents, image_latents = self.prepare_latents(
+            vae_images, 1, num_channels, height, width, prompt_embeds.dtype, device, generator
+        )
+        img_shapes = [
+            [
+                (1, height // self.vae_scale_factor // 2, width // self.vae_scale_factor // 2),
+                *[
+                    (1, vh // self.vae_scale_factor // 2, vw // self.vae_scale_factor // 2)
+                    for vw, vh in vae_sizes
+                ],
+            ]
+        ]
+        guide = None
+        if mask is not None:
+            guide = self._prepare_mask_guide(
+                images[0], mask, height, width, prompt_embeds.dtype, device, latents
+            )
+        started = clock.mark("encode", started)
+
+        # 5. Timesteps, shifted by the output's token count like the stock pipeline
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        cfg = self.scheduler.config
+        mu = calculate_shift(
+            latents.shape[1],
+            cfg.get("base_image_seq_len", 256),
+            cfg.get("max_image_seq_len", 4096),
+            cfg.get("base_shift", 0.5),
+            cfg.get("max_shift", 1.15),
+        )
+        timesteps, num_inference_steps = retrieve_timesteps(
+            self.scheduler, num_inference_steps, device, sigmas=sigmas, mu=mu
+        )
+        self.scheduler.set_begin_index(0)
+
+        # 6. Denoising loop
+        for i, t in enumerate(timesteps):
+            model_input = torch.cat([latents, image_latents], dim=1)
+            timestep = t.expand(latents.shape[0]).to(latents.dtype) / 1000
+            with self.transformer.cache_context("cond"):
+                noise_pred = self.transformer(
+                    hidden_states=model_input,
+                    timestep=timestep,
+                    guidance=None,
+                    encoder_hidden_states_mask=prompt_mask,
+                    encoder_hidden_states=prompt_embeds,
+                    img_shapes=img_shapes,
+                    return_dict=False,
+                )[0][:, : latents.size(1)]
+            if do_true_cfg:
+                with self.transformer.cache_context("uncond"):
+                    neg_pred = self.transformer(
+                        hidden_states=model_input,
+                        timestep=timestep,
+                        guidance=None,
+                        encoder_hidden_states_mask=neg_mask,
+                        encoder_hidden_states=neg_embeds,
+                        img_shapes=img_shapes,
+                        return_dict=False,
+                    )[0][:, : latents.size(1)]
+                noise_pred = self._combine_cfg(noise_pred, neg_pred, true_cfg_scale, cfg_norm_strength)
+            latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+            if guide is not None:
+                latents = self._apply_mask_guide(guide, latents, timesteps, i)
+            if on_step is not None:
+                on_step(i + 1, len(timesteps))
+        if not torch.isfinite(latents).all():
+            raise NonFiniteOutputError("the model produced NaN/Inf latents; no picture was returned")
+        started = clock.mark("denoise", started)
+
+        # 7. Decode
+        latents = self._unpack_latents(latents, height, width, self.vae_scale_factor).to(self.vae.dtype)
+        z = self.vae.config.z_dim
+        mean = (
+            torch.tensor(self.vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+        )
+        inv_std = 1.0 / torch.tensor(self.vae.config.latents_std).view(1, z, 1, 1, 1).to(
+            latents.device, latents.dtype
+        )
+        decoded = self.vae.decode(latents / inv_std + mean, return_dict=False)[0][:, :, 0]
+        if not torch.isfinite(decoded).all():
+            raise NonFiniteOutputError("the VAE produced NaN/Inf pixels; no picture was returned")
+        out = self.image_processor.postprocess(decoded, output_type="pil")
+        clock.mark("decode", started)
+        return QwenEditOutput(images=out, timings=clock.timings)
+
+    @staticmethod
+    def _combine_cfg(cond, uncond, scale: float, norm_strength: float) -> torch.Tensor:
+        comb = uncond + scale * (cond - uncond)
+        if norm_strength == 0:
+            return comb
+        ratio = torch.norm(cond, dim=-1, keepdim=True) / torch.norm(comb, dim=-1, keepdim=True)
+        if norm_strength == 1:
+            return comb * ratio  # exactly the stock pipeline's arithmetic
+        return comb * ((1 - norm_strength) + norm_strength * ratio)
+
+    def _prepare_mask_guide(self, image, mask, height, width, dtype, device, noise):
+        """Latents of the edited picture at output size, and a per-token mask (1 = edit)."""
+        pixels = self.image_processor.preprocess(image, height, width).unsqueeze(2).to(device, dtype)
+        lat = self._encode_vae_image(pixels, generator=None)
+        lh, lw = lat.shape[3:]
+        packed = self._pack_latents(lat, 1, lat.shape[1], lh, lw)
+        m = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
+        # One token covers a 2x2 patch of latents; max-pooling keeps edge tokens editable.
+        m = F.adaptive_max_pool2d(F.interpolate(m, size=(lh, lw), mode="area"), (lh // 2, lw // 2))
+        token_mask = (m > 0.5).to(device, dtype).flatten(2).transpose(1, 2)
+        return {"latents": packed, "mask": token_mask, "noise": noise.clone()}
+
+    def _apply_mask_guide(self, guide, latents, timesteps, i):
+        if i + 1 < len(timesteps):
+            keep = self.scheduler.scale_noise(guide["latents"], timesteps[i + 1 : i + 2], guide["noise"])
+        else:
+            keep = guide["latents"]
+        return guide["mask"] * latents + (1 - guide["mask"]) * keep

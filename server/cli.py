@@ -1,0 +1,123 @@
+"""The ``retouch`` command. Engine commands are imported lazily so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Retouch: on-prem image-edit server.")
+weights_app = typer.Typer(no_args_is_help=True, help="Model weights: build, check, carry.")
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("tiny")
+def weights_tiny(directory: str = typer.Argument(..., help="Folder to write the tiny set into")) -> None:
+    """Write tiny random-weight versions of every model plus DIR/weights.yaml (CPU demo, tests)."""
+    from pipelines.cli import weights_tiny_command
+
+    weights_tiny_command(directory)
+
+
+@weights_app.command("pull")
+def weights_pull(
+    weights: str = typer.Option("weights.yaml", "--weights", help="Path to weights.yaml"),
+    only: str | None = typer.Option(None, "--only", help="Pull one model (its name in weights.yaml)"),
+) -> None:
+    """On a connected machine: download every entry at its pinned revision and write the manifest."""
+    from pipelines.cli_weights import pull_command
+
+    pull_command(weights, only)
+
+
+@weights_app.command("verify")
+def weights_verify(
+    weights: str = typer.Option("weights.yaml", "--weights", help="Path to weights.yaml"),
+    full: bool = typer.Option(False, "--full", help="Re-hash every file instead of the cached fast check"),
+) -> None:
+    """Check the weights on disk against their manifest, offline."""
+    from pipelines.cli_weights import verify_command
+
+    verify_command(weights, full)
+
+
+@weights_app.command("bundle")
+def weights_bundle(
+    out: str = typer.Argument(..., help="The tar file to write"),
+    weights: str = typer.Option("weights.yaml", "--weights", help="Path to weights.yaml"),
+) -> None:
+    """Pack a verified weights set, its registry and manifest into one tar to carry across an air gap."""
+    from pipelines.cli_weights import bundle_command
+
+    bundle_command(weights, out)
+
+
+@weights_app.command("import")
+def weights_import(
+    tar: str = typer.Argument(..., help="A tar written by `retouch weights bundle`"),
+    dest: str = typer.Option(..., "--dest", help="Folder to unpack into"),
+) -> None:
+    """Unpack a bundle, verify every file against its manifest and print the weights.yaml to serve."""
+    from pipelines.cli_weights import import_command
+
+    import_command(tar, dest)
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def edit(
+    weights: str = typer.Option(..., "--weights", help="Path to weights.yaml"),
+    image: list[str] = typer.Option(..., "--image", help="Input picture (repeat for several)"),
+    prompt: str = typer.Option(..., "--prompt"),
+    out: str = typer.Option(..., "--out", help="Output file (with several --num-images: name_N.ext)"),
+    mask: str | None = typer.Option(None, "--mask", help="Mask picture: white = edit, black = keep"),
+    seed: int = typer.Option(-1, "--seed", help="-1 = random"),
+    steps: int | None = typer.Option(None, "--steps", help="Denoising steps (full model)"),
+    guidance: float | None = typer.Option(None, "--guidance", help="True CFG scale (full model)"),
+    no_fast: bool = typer.Option(False, "--no-fast", help="Full model instead of Lightning"),
+    lightning_steps: int = typer.Option(8, "--lightning-steps", help="4 or 8"),
+    refine: float = typer.Option(0.0, "--refine", help="Z-Image-Turbo refinement strength 0..1"),
+    width: int | None = typer.Option(None, "--width"),
+    height: int | None = typer.Option(None, "--height"),
+    fmt: str | None = typer.Option(None, "--format", help="png|jpeg|webp (default: from --out)"),
+    negative_prompt: str | None = typer.Option(None, "--negative-prompt"),
+    num_images: int = typer.Option(1, "--num-images"),
+) -> None:
+    """Edit pictures in-process with a progress bar (no server)."""
+    from pipelines.cli import edit_command
+
+    edit_command(
+        weights=weights,
+        images=image,
+        prompt=prompt,
+        out=out,
+        mask=mask,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        lightning_steps=None if no_fast else lightning_steps,
+        refine=refine,
+        width=width,
+        height=height,
+        fmt=fmt,
+        negative_prompt=negative_prompt,
+        num_images=num_images,
+    )
+
+
+@app.command()
+def serve(
+    weights: str | None = typer.Option(None, "--weights", help="Path to weights.yaml [env RETOUCH_WEIGHTS]"),
+    host: str | None = typer.Option(None, "--host", help="Bind address [127.0.0.1]"),
+    port: int | None = typer.Option(None, "--port", help="Port [8000]"),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="Jobs database and files [./data]"),
+    server_id: str | None = typer.Option(None, "--server-id", help="This server's id [host name]"),
+    workers: int | None = typer.Option(None, "--workers", help="GPU worker processes [1]"),
+) -> None:
+    """Start the HTTP server with its GPU workers (settings also from RETOUCH_* variables)."""
+    from server.serve import serve_command
+
+    flags = {"weights": weights, "host": host, "port": port, "data_dir": data_dir}
+    flags.update(server_id=server_id, workers=workers)
+    serve_command({k: v for k, v in flags.items() if v is not None})
+
+
+if __name__ == "__main__":
+    app()
