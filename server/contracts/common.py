@@ -1,0 +1,99 @@
+"""What every contract router shares: a route class that renders errors in the contract's body."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+
+from ..errors import ServiceError
+
+log = logging.getLogger("retouch.http")
+
+ErrorRenderer = Callable[[ServiceError], JSONResponse]
+
+
+def describe_validation(exc: RequestValidationError) -> ServiceError:
+    """The first problem of a request that failed schema validation, naming the field."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    field = ".".join(loc) or "body"
+    msg = err.get("msg", "invalid value")
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown field"
+    return ServiceError("INVALID_PARAMETERS", f"{field}: {msg}", field=field)
+
+
+def route_class(render: ErrorRenderer) -> type[APIRoute]:
+    """An APIRoute whose errors (ours, validation, unexpected) all come out as ``render`` bodies."""
+
+    class ContractRoute(APIRoute):
+        def get_route_handler(self):
+            handler = super().get_route_handler()
+
+            async def guarded(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except ServiceError as exc:
+                    return render(exc)
+                except RequestValidationError as exc:
+                    return render(describe_validation(exc))
+                except Exception:
+                    log.exception("unhandled error on %s %s", request.method, request.url.path)
+                    return render(ServiceError("INTERNAL_ERROR", "internal error; it was logged"))
+
+            return guarded
+
+    return ContractRoute
+
+
+async def read_upload(request: Request, field: str, max_bytes: int) -> tuple[bytes, str | None]:
+    """The bytes and filename of multipart field ``field``.
+
+    The official imagepipeline client (0.4.0) sends its multipart upload with the session's
+    ``Content-Type: application/json`` (no boundary), so a body that starts like multipart is
+    parsed as multipart whatever its declared type.
+    """
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes + 64 * 1024:  # room for the multipart framing
+            raise ServiceError("FILE_TOO_LARGE", f"{field} is over the {max_bytes} byte limit", field=field)
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        first_line = bytes(body[:200]).split(b"\r\n", 1)[0]
+        if not (first_line.startswith(b"--") and len(first_line) > 2):
+            raise ServiceError(
+                "INVALID_PARAMETERS", f"send the picture as multipart field {field!r}", field=field
+            )
+        content_type = f"multipart/form-data; boundary={first_line[2:].decode('latin-1')}"
+    headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+    scope = dict(request.scope, headers=[*headers, (b"content-type", content_type.encode("latin-1"))])
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+    try:
+        form = await Request(scope, receive).form()
+    except Exception:
+        raise ServiceError(
+            "INVALID_PARAMETERS", "the multipart body could not be parsed", field=field
+        ) from None
+    upload = form.get(field)
+    if upload is None or isinstance(upload, str):
+        raise ServiceError(
+            "INVALID_PARAMETERS", f"multipart field {field!r} with a file is required", field=field
+        )
+    data = await upload.read()
+    if len(data) > max_bytes:
+        raise ServiceError("FILE_TOO_LARGE", f"{field} is over the {max_bytes} byte limit", field=field)
+    return data, upload.filename

@@ -1,0 +1,64 @@
+"""Thin FastAPI router of the imagepipeline.io contract: parse, authenticate, call the service."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from ...core import Core
+from ..common import read_upload, route_class
+from .protocol import (
+    EditRequest,
+    ProfileList,
+    ProfileRequest,
+    ProfileResponse,
+    StatusResponse,
+    SubmitResponse,
+    UploadResponse,
+)
+from .service import ImagePipelineService, render_error
+
+
+def build_router(core: Core) -> APIRouter:
+    service = ImagePipelineService(core)
+    router = APIRouter(route_class=route_class(render_error), tags=["imagepipeline"])
+
+    def owner(x_api_key: str | None = Header(default=None)) -> str:
+        return core.authenticate(x_api_key)
+
+    @router.post("/edit/image/v1", response_model=SubmitResponse, status_code=200)
+    def submit_edit(req: EditRequest, who: str = Depends(owner)) -> SubmitResponse:
+        return service.submit(req, who)
+
+    @router.get("/edit/image/v1/status/{job_id}", response_model=StatusResponse)
+    def edit_status(job_id: str, who: str = Depends(owner)) -> StatusResponse:
+        return service.status(job_id, who)
+
+    # Not in the hosted API: a Retouch extension so queued and running jobs can be stopped.
+    @router.post("/edit/image/v1/cancel/{job_id}", response_model=StatusResponse)
+    def cancel_edit(job_id: str, who: str = Depends(owner)) -> StatusResponse:
+        return service.cancel(job_id, who)
+
+    @router.post("/upload/image/v1", response_model=UploadResponse)
+    async def upload_image(request: Request, who: str = Depends(owner)) -> UploadResponse:
+        data, filename = await read_upload(request, "file", core.settings.upload_max_bytes)
+        return await run_in_threadpool(service.upload, data, filename, who)
+
+    @router.post("/profiles/v1", response_model=ProfileResponse)
+    def create_profile(req: ProfileRequest, who: str = Depends(owner)) -> ProfileResponse:
+        return service.create_profile(req, who)
+
+    @router.get("/profiles/v1", response_model=ProfileList)
+    def list_profiles(who: str = Depends(owner)) -> ProfileList:
+        return service.list_profiles(who)
+
+    @router.get("/profiles/v1/{profile_id}", response_model=ProfileResponse)
+    def get_profile(profile_id: str, who: str = Depends(owner)) -> ProfileResponse:
+        return service.get_profile(profile_id, who)
+
+    @router.delete("/profiles/v1/{profile_id}", status_code=204)
+    def delete_profile(profile_id: str, who: str = Depends(owner)) -> Response:
+        service.delete_profile(profile_id, who)
+        return Response(status_code=204)
+
+    return router

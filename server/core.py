@@ -1,0 +1,228 @@
+"""The contract-agnostic core: validate once, store inputs, queue, report, serve files.
+
+Contracts translate their requests into calls on ``Core`` and render ``JobRecord``s back; they
+never touch the store or the files directly, so new contracts plug in without changing this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import ValidationError
+
+from pipelines.errors import EngineError
+from pipelines.images import decode_image
+from pipelines.registry import Registry
+from pipelines.validation import check_spec
+
+from . import signing
+from .errors import ServiceError
+from .fetch import fetch_url
+from .files import FileStore, safe_filename
+from .jobs import EditJob, InputRef, JobMeta, JobRecord
+from .settings import Settings
+from .store import JobStore, Upload
+
+UPLOAD_PREFIX = "/files/uploads/"
+RESULT_PREFIX = "/files/results/"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+class Core:
+    def __init__(self, settings: Settings, registry: Registry, store: JobStore, files: FileStore):
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.files = files
+        # contract name -> function(JobRecord) -> dict; webhooks post what the status endpoint shows
+        self.status_renderers: dict[str, Any] = {}
+
+    # -- auth and money ----------------------------------------------------------------------
+    def authenticate(self, api_key: str | None) -> str:
+        """The owner id (a hash, so keys are never stored) of an accepted key."""
+        accepted = self.settings.accepted_keys
+        if accepted is not None and (not api_key or api_key not in accepted):
+            raise ServiceError("UNAUTHORIZED", "missing or invalid API key")
+        return hashlib.sha256((api_key or "").encode()).hexdigest()[:32]
+
+    def _budget(self, owner: str) -> float | None:
+        for key, budget in self.settings.key_budgets_usd.items():
+            if hashlib.sha256(key.encode()).hexdigest()[:32] == owner:
+                return budget
+        return None
+
+    def balance(self, owner: str) -> float | None:
+        budget = self._budget(owner)
+        if budget is None:
+            return None
+        return round(budget - self.store.spent_usd(owner, self.settings.price_per_gpu_hour_usd), 6)
+
+    def cost_usd(self, record: JobRecord) -> float | None:
+        if record.inference_seconds is None:
+            return None
+        return round(record.inference_seconds * self.settings.price_per_gpu_hour_usd / 3600, 6)
+
+    # -- inputs ------------------------------------------------------------------------------
+    def read_input(self, url: str, what: str) -> bytes:
+        """Bytes of an input named by URL; this server's own upload/result URLs are read from disk."""
+        if not isinstance(url, str) or not url:
+            raise ServiceError("INVALID_PARAMETERS", f"{what} must be a non-empty URL string", field=what)
+        own = self._own_file(url, what)
+        if own is not None:
+            return self.files.read(own)
+        return fetch_url(
+            url, max_bytes=self.settings.fetch_max_bytes, timeout_s=self.settings.fetch_timeout_s, what=what
+        )
+
+    def _own_file(self, url: str, what: str) -> str | None:
+        base = self.settings.base_url
+        if not url.startswith(base + "/files/"):
+            return None
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        try:
+            signing.verify(
+                self.settings.signing_secret,
+                parts.path,
+                query.get("expires", [None])[0],
+                query.get("sig", [None])[0],
+            )
+        except ServiceError as exc:
+            code = "INPUT_EXPIRED" if exc.code == "URL_EXPIRED" else "INVALID_PARAMETERS"
+            raise ServiceError(code, f"{what}: {exc.message}", field=what) from None
+        relative = parts.path.removeprefix("/files/")
+        if parts.path.startswith(UPLOAD_PREFIX):
+            upload = self.store.get_upload(parts.path.removeprefix(UPLOAD_PREFIX).split("/")[0])
+            if upload is None or not self.files.exists(upload.path):
+                raise ServiceError(
+                    "INPUT_EXPIRED", f"{what}: this upload has expired or was removed", field=what
+                )
+            return upload.path
+        if not parts.path.startswith(RESULT_PREFIX) or not self.files.exists(relative):
+            raise ServiceError("INPUT_EXPIRED", f"{what}: this file has expired or was removed", field=what)
+        return relative
+
+    # -- jobs --------------------------------------------------------------------------------
+    def submit(
+        self,
+        params: dict[str, Any],
+        image_urls: list[str],
+        meta: JobMeta,
+        *,
+        image_field: str = "input_image",
+    ) -> JobRecord:
+        """Validate a job once (fields, pictures, registry rules), store its inputs, queue it."""
+        if not image_urls:
+            raise ServiceError("INVALID_PARAMETERS", f"{image_field} is required", field=image_field)
+        limit = self.registry.limits.max_images_per_job
+        if len(image_urls) > limit:
+            raise ServiceError(
+                "INVALID_PARAMETERS",
+                f"{image_field} has {len(image_urls)} images, at most {limit}",
+                field=image_field,
+            )
+        names = [
+            image_field if len(image_urls) == 1 else f"{image_field}[{i}]" for i in range(len(image_urls))
+        ]
+        pictures = [self.read_input(url, name) for url, name in zip(image_urls, names, strict=True)]
+        try:
+            for data, name in zip(pictures, names, strict=True):
+                decode_image(data, max_pixels=self.registry.limits.max_input_pixels, what=name)
+        except EngineError as exc:
+            raise ServiceError.from_engine(exc) from None
+
+        job_id = new_id("job")
+        refs = [InputRef(path=f"inputs/{job_id}/{i}") for i in range(len(pictures))]
+        try:
+            job = EditJob(images=refs, **params)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "body"
+            raise ServiceError("INVALID_PARAMETERS", f"{field}: {err['msg']}", field=field) from None
+        try:
+            warnings = check_spec(job.to_spec(self.files.root, image_bytes=pictures), self.registry)
+        except EngineError as exc:
+            raise ServiceError.from_engine(exc) from None
+        for ref, data in zip(refs, pictures, strict=True):
+            self.files.write(ref.path, data)
+        meta = meta.model_copy(update={"warnings": meta.warnings + warnings})
+        try:
+            return self.store.add_job(job_id, job, meta, max_queued=self.settings.max_queued_jobs)
+        except ServiceError:
+            self.files.delete_tree(f"inputs/{job_id}")
+            raise
+
+    def get_job(self, job_id: str, owner: str) -> JobRecord:
+        record = self.store.get_job(job_id)
+        if record is None or record.meta.owner != owner:
+            raise ServiceError("NOT_FOUND", f"job {job_id!r} not found")
+        return record
+
+    def cancel(self, job_id: str, owner: str) -> JobRecord:
+        self.get_job(job_id, owner)
+        record = self.store.cancel(job_id)
+        if record is None:
+            raise ServiceError("NOT_FOUND", f"job {job_id!r} not found")
+        return record
+
+    def estimate_new(self, job: EditJob) -> float:
+        return self.store.estimate_new(job.kind())
+
+    # -- files -------------------------------------------------------------------------------
+    def save_upload(self, data: bytes, filename: str | None, owner: str) -> tuple[Upload, str]:
+        if len(data) > self.settings.upload_max_bytes:
+            raise ServiceError(
+                "FILE_TOO_LARGE",
+                f"file is over the {self.settings.upload_max_bytes} byte limit",
+                field="file",
+            )
+        try:
+            picture = decode_image(data, max_pixels=self.registry.limits.max_input_pixels, what="file")
+        except EngineError as exc:
+            raise ServiceError.from_engine(exc) from None
+        del picture
+        content_type = _sniff_mime(data)
+        upload_id = new_id("up")
+        name = safe_filename(filename)
+        now = time.time()
+        upload = Upload(
+            id=upload_id,
+            owner=owner,
+            filename=name,
+            content_type=content_type,
+            size_bytes=len(data),
+            path=self.files.write(f"uploads/{upload_id}/{name}", data),
+            created_at=now,
+            expires_at=now + self.settings.upload_ttl_s,
+        )
+        self.store.add_upload(upload)
+        return upload, self.signed_url(f"{UPLOAD_PREFIX}{upload_id}/{name}", self.settings.upload_ttl_s)
+
+    def signed_url(self, path: str, ttl_s: float | None = None) -> str:
+        ttl = ttl_s if ttl_s is not None else self.settings.signed_url_ttl_s
+        return signing.sign(self.settings.signing_secret, self.settings.base_url, path, ttl)
+
+    def result_urls(self, record: JobRecord) -> list[str]:
+        return [self.signed_url("/files/" + r.path) for r in record.results]
+
+    def ready(self) -> bool:
+        return bool(self.store.ready_workers(max_age_s=max(10.0, self.settings.lease_s)))
+
+
+def _sniff_mime(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:4] in (b"GIF8",):
+        return "image/gif"
+    return "application/octet-stream"

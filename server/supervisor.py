@@ -1,0 +1,122 @@
+"""Runs in the API process: keeps the worker processes alive, returns lost jobs to the queue,
+fails jobs over their time limit, and removes expired files."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from pathlib import Path
+
+from .files import FileStore
+from .settings import Settings
+from .store import JobStore
+from .worker import worker_main
+
+log = logging.getLogger("retouch.supervisor")
+
+# A worker is restarted at once the first time; one that keeps dying is restarted ever slower.
+MAX_RESTART_DELAY_S = 60.0
+
+
+class _Slot:
+    def __init__(self, index: int, worker_id: str):
+        self.index = index
+        self.worker_id = worker_id
+        self.process: multiprocessing.Process | None = None
+        self.started_at = 0.0
+        self.restart_delay = 0.0
+        self.restart_at = 0.0
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, store: JobStore, files: FileStore, job_timeout_s: float):
+        self.settings = settings
+        self.store = store
+        self.files = files
+        self.job_timeout_s = job_timeout_s
+        self.slots = [_Slot(i, f"{settings.server_id}-w{i}") for i in range(settings.workers)]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="supervisor")
+        self._context = multiprocessing.get_context("spawn")
+        self._next_cleanup = 0.0
+
+    def start(self) -> None:
+        for slot in self.slots:
+            self._spawn(slot)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for slot in self.slots:
+            if slot.process is not None and slot.process.is_alive():
+                slot.process.terminate()
+        for slot in self.slots:
+            if slot.process is not None:
+                slot.process.join(timeout=10)
+                if slot.process.is_alive():
+                    slot.process.kill()
+                self.store.release_worker(slot.worker_id)
+
+    def alive(self) -> int:
+        return sum(1 for s in self.slots if s.process is not None and s.process.is_alive())
+
+    def _spawn(self, slot: _Slot) -> None:
+        slot.process = self._context.Process(
+            target=worker_main,
+            args=(self.settings.model_dump_json(), slot.worker_id, slot.index, os.getpid()),
+            name=slot.worker_id,
+            daemon=True,
+        )
+        slot.process.start()
+        slot.started_at = time.monotonic()
+        log.info("started worker %s (pid %s)", slot.worker_id, slot.process.pid)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("supervisor tick failed")
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            process = slot.process
+            if process is not None and not process.is_alive():
+                log.warning("worker %s exited with code %s", slot.worker_id, process.exitcode)
+                self.store.release_worker(slot.worker_id)
+                short_lived = now - slot.started_at < 30
+                slot.restart_delay = (
+                    min(max(slot.restart_delay * 2, 1.0), MAX_RESTART_DELAY_S) if short_lived else 0
+                )
+                slot.restart_at = now + slot.restart_delay
+                slot.process = None
+            if slot.process is None and now >= slot.restart_at and not self._stop.is_set():
+                self._spawn(slot)
+        for job_id, worker_id in self.store.overdue(self.job_timeout_s + self.settings.hard_timeout_grace_s):
+            self.store.fail(job_id, "JOB_TIMEOUT", f"the job ran longer than {self.job_timeout_s:g} s", True)
+            self._kill(worker_id)
+        self.store.requeue_expired(self.settings.max_attempts)
+        if now >= self._next_cleanup:
+            self._next_cleanup = now + self.settings.cleanup_interval_s
+            self.cleanup()
+
+    def _kill(self, worker_id: str | None) -> None:
+        for slot in self.slots:
+            if slot.worker_id == worker_id and slot.process is not None and slot.process.is_alive():
+                log.warning("killing worker %s: its job is past the time limit", worker_id)
+                slot.process.kill()
+
+    def cleanup(self) -> None:
+        for path in self.store.expire_results() + self.store.expire_uploads():
+            self.files.delete(path)
+        # Inputs of jobs that never ran to the end (e.g. cancelled while queued).
+        cutoff = time.time() - self.settings.result_ttl_s
+        inputs: Path = self.files.root / "inputs"
+        for folder in inputs.iterdir() if inputs.is_dir() else []:
+            if folder.stat().st_mtime < cutoff:
+                self.files.delete_tree(f"inputs/{folder.name}")

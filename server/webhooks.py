@@ -1,0 +1,112 @@
+"""Webhook delivery from the persistent outbox, in the API process (workers never wait on it).
+
+A terminal job state and its outbox row are written in one transaction, so no event is lost.
+Each attempt's outcome is stored before the next is scheduled, so a restart resumes where it
+stopped; the ``webhook-id`` is stable per job and event, so a receiver can drop the rare repeat
+(a crash between the receiver's 2xx and our write).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import httpx
+import tenacity
+from standardwebhooks import Webhook
+
+from .store import JobStore, WebhookDelivery
+
+log = logging.getLogger("retouch.webhooks")
+
+
+class WebhookSender:
+    def __init__(self, store: JobStore, settings, render_status):
+        """``render_status(contract, record) -> dict``: the body the status endpoint would answer."""
+        self.store = store
+        self.settings = settings
+        self.render_status = render_status
+        self.signer = Webhook(settings.webhook_secret)
+        self._backoff = tenacity.wait_exponential_jitter(
+            multiplier=settings.webhook_backoff_initial_s,
+            max=settings.webhook_backoff_max_s,
+            jitter=settings.webhook_backoff_initial_s,
+        )
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook")
+        self._in_flight: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="webhooks")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                for delivery in self.store.due_deliveries(limit=20):
+                    with self._lock:
+                        if delivery.id in self._in_flight:
+                            continue
+                        self._in_flight.add(delivery.id)
+                    self._pool.submit(self._deliver_and_release, delivery)
+            except Exception:
+                log.exception("webhook loop failed")
+
+    def _deliver_and_release(self, delivery: WebhookDelivery) -> None:
+        try:
+            self.deliver(delivery)
+        finally:
+            with self._lock:
+                self._in_flight.discard(delivery.id)
+
+    def next_delay(self, attempt: int) -> float:
+        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+        state.attempt_number = attempt
+        return self._backoff(state)
+
+    def deliver(self, delivery: WebhookDelivery) -> bool:
+        record = self.store.get_job(delivery.job_id)
+        if record is None:
+            self.store.delivery_failed(delivery.id, "the job no longer exists", None)
+            return False
+        payload = json.dumps(self.render_status(delivery.contract, record))
+        timestamp = datetime.now(UTC)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": delivery.id,
+            "webhook-timestamp": str(int(timestamp.timestamp())),
+            "webhook-signature": self.signer.sign(delivery.id, timestamp, payload),
+            "user-agent": "retouch-webhooks/1",
+        }
+        try:
+            resp = httpx.post(
+                delivery.url, content=payload, headers=headers, timeout=self.settings.webhook_timeout_s
+            )
+            if 200 <= resp.status_code < 300:
+                self.store.delivery_done(delivery.id)
+                return True
+            error = f"HTTP {resp.status_code}"
+        except httpx.HTTPError as exc:
+            error = type(exc).__name__
+        attempt = delivery.attempts + 1
+        give_up = attempt >= self.settings.webhook_max_attempts
+        next_at = None if give_up else time.time() + self.next_delay(attempt)
+        log.warning(
+            "webhook %s attempt %d failed (%s)%s",
+            delivery.id,
+            attempt,
+            error,
+            "; giving up" if give_up else "",
+        )
+        self.store.delivery_failed(delivery.id, error, next_at)
+        return False

@@ -1,0 +1,256 @@
+"""End to end: a real ``retouch serve`` on tiny weights, driven by the official imagepipeline client."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+from imagepipeline import ImagePipeline
+from imagepipeline.exceptions import APIError
+from PIL import Image
+from standardwebhooks import Webhook
+
+from tests.server_harness import png_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+EDIT = "edit/image/v1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    def __init__(self, weights: Path, data_dir: Path, port: int, workers: int = 1):
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--weights",
+            str(weights),
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--workers",
+            str(workers),
+            "--server-id",
+            "e2e",
+        ]
+        self.log = open(data_dir.parent / f"serve-{port}-{time.time_ns()}.log", "w")  # noqa: SIM115
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def wait(self, path: str = "/readyz", timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"server exited: {Path(self.log.name).read_text()[-3000:]}"
+            try:
+                if requests.get(self.base_url + path, timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"server not up on {path}: {Path(self.log.name).read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def serve(tiny_weights, tmp_path_factory):
+    data = tmp_path_factory.mktemp("e2e") / "data"
+    data.mkdir()
+    srv = ServeProcess(tiny_weights, data, _free_port())
+    srv.data_dir = data
+    srv.wait()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(serve):
+    return ImagePipeline("any-key", base_url=serve.base_url)
+
+
+def _download(url: str) -> Image.Image:
+    r = requests.get(url, timeout=10)
+    assert r.status_code == 200
+    return Image.open(io.BytesIO(r.content))
+
+
+def test_server_e2e_upload_and_edit_one_image(client, tmp_path):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(png_bytes(96, 64))
+    up = client.upload.image(str(photo))
+    assert (
+        up.filename == "photo.png"
+        and up.content_type == "image/png"
+        and up.size_bytes == photo.stat().st_size
+    )
+    # The client's own polling loop (every 3 s).
+    job = client.edit.image(
+        prompt="make the red square blue", input_image=up.url, width=64, height=48, seed=11
+    )
+    assert job.status.value == "completed" and job.result_mime_type == "image/webp"
+    assert job.progress == 100 and job.inference_time_seconds > 0 and len(job.prompt_hash) == 64
+    picture = _download(job.result_url)
+    assert picture.format == "WEBP" and picture.size == (64, 48)
+
+
+def test_server_e2e_edit_two_images(client):
+    first = client.upload.image(io.BytesIO(png_bytes(96, 64)), filename="person.png")
+    second = client.upload.image(io.BytesIO(png_bytes(48, 48, (20, 200, 20))), filename="product.png")
+    queued = client.edit.image(
+        prompt="dress the person in the product from image 2",
+        input_image=[first.url, second.url],
+        output_format="png",
+        product_saturation=0.8,
+        wait=False,
+    )
+    assert queued.status.value == "queued"
+    # Same loop as wait=True, with a shorter interval (the public method does not expose it).
+    job = client._transport.poll(EDIT, queued.job_id, poll_interval=0.3, timeout=120)
+    picture = _download(job.result_url)
+    assert picture.format == "PNG" and job.result_mime_type == "image/png"
+    assert picture.size[0] > 0 and picture.size[1] > 0
+
+
+def test_server_e2e_errors_reach_the_client(client):
+    up = client.upload.image(io.BytesIO(png_bytes()), filename="a.png")
+    with pytest.raises(APIError) as err:
+        client.edit.image(prompt="x", input_image=up.url, mask_segment="upper-clothes", wait=False)
+    assert err.value.status_code == 422 and err.value.error_code == "UNSUPPORTED_PARAMETER"
+    with pytest.raises(APIError) as err:
+        client.edit.image(prompt="x", input_image=up.url, mode="watercolor", wait=False)
+    assert "mode" in str(err.value)
+
+
+def test_server_e2e_profiles(client):
+    made = client.identity.create_profile(
+        name="Brand Model",
+        prompt_template="{{ user_prompt }}, soft light",
+        seed_strategy="fixed",
+        fixed_seed=42,
+    )
+    pid = made["profile_id"]
+    assert client.identity.get_profile(pid)["name"] == "Brand Model"
+    assert pid in [p["profile_id"] for p in client.identity.list_profiles()["profiles"]]
+    client.identity.delete_profile(pid)
+    with pytest.raises(APIError) as err:
+        client.identity.get_profile(pid)
+    assert err.value.status_code == 404 and err.value.error_code == "NOT_FOUND"
+
+
+def test_server_e2e_webhook(client, serve):
+    got: list[tuple[dict, bytes]] = []
+    done = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append((dict(self.headers.items()), self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+            done.set()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        up = client.upload.image(io.BytesIO(png_bytes()), filename="a.png")
+        hook = f"http://127.0.0.1:{httpd.server_address[1]}/hook"
+        queued = client.edit.image(prompt="hook me", input_image=up.url, callback_url=hook, wait=False)
+        assert done.wait(120), "no webhook"
+        headers, body = got[0]
+        secret = (serve.data_dir / "webhook_secret").read_text().strip()
+        payload = Webhook(secret).verify(body, headers)
+        assert (
+            payload["job_id"] == queued.job_id and payload["status"] == "completed" and payload["result_url"]
+        )
+    finally:
+        httpd.shutdown()
+
+
+@pytest.mark.slow
+def test_server_e2e_restart_with_queued_jobs(tiny_weights, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    port = _free_port()
+    first = ServeProcess(tiny_weights, data, port, workers=0)  # accepts jobs, runs none
+    first.wait("/healthz")
+    client = ImagePipeline("k", base_url=first.base_url)
+    ids = [
+        client.edit.image(prompt=f"edit {i}", input_image=_data_url(), wait=False).job_id for i in range(2)
+    ]
+    first.stop()
+    second = ServeProcess(tiny_weights, data, port, workers=1)
+    try:
+        second.wait()
+        for job_id in ids:
+            job = client._transport.poll(EDIT, job_id, poll_interval=0.3, timeout=120)
+            assert _download(job.result_url).format == "WEBP"
+    finally:
+        second.stop()
+
+
+def _data_url() -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+
+
+def test_server_serve_without_weights_explains(tmp_path):
+    missing = tmp_path / "weights.yaml"
+    missing.write_text(
+        (ROOT / "weights.yaml").read_text().replace("root: ./weights", f"root: {tmp_path / 'none'}")
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--weights",
+            str(missing),
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert "retouch weights tiny" in run.stderr and "does not exist" in run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
+
+
+def test_server_api_process_never_imports_the_model_stack():
+    code = (
+        "import sys, server.app, server.cli; print({'torch', 'diffusers', 'transformers'} & set(sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "set()", out.stderr

@@ -1,0 +1,124 @@
+"""Worker supervision and durability: crashes, hangs, restarts of the whole server; webhooks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from tests.server_harness import AsgiServer, make_settings, png_bytes
+
+IMG = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+
+
+def _submit(srv, prompt: str, **extra) -> str:
+    r = srv.post("/edit/image/v1", json={"prompt": prompt, "input_image": IMG, **extra})
+    assert r.status_code == 200, r.text
+    return r.json()["job_id"]
+
+
+def test_server_restart_keeps_queued_jobs(tmp_path):
+    first = AsgiServer(make_settings(tmp_path, workers=0))
+    ids = [_submit(first, f"job {i}") for i in range(3)]
+    assert all(first.get(f"/edit/image/v1/status/{i}").json()["status"] == "queued" for i in ids)
+    first.close()
+    second = AsgiServer(make_settings(tmp_path, workers=1))
+    try:
+        assert [second.wait_status(i)["status"] for i in ids] == ["completed"] * 3
+    finally:
+        second.close()
+
+
+def test_server_worker_crash_is_survived(tmp_path):
+    srv = AsgiServer(make_settings(tmp_path, max_attempts=2))
+    try:
+        srv.wait_ready()
+        crashed = _submit(srv, "crash the worker")
+        st = srv.wait_status(crashed, timeout=40)
+        assert st["status"] == "failed" and st["failure_reason_code"] == "WORKER_LOST" and st["retryable"]
+        assert srv.get("/healthz").status_code == 200
+        assert srv.wait_status(_submit(srv, "afterwards"), timeout=40)["status"] == "completed"
+    finally:
+        srv.close()
+
+
+def test_server_hung_job_times_out(tmp_path):
+    settings = make_settings(tmp_path, hard_timeout_grace_s=0.5)
+    settings.weights = str(tmp_path / "weights.yaml")
+    (tmp_path / "weights.yaml").write_text(
+        (tmp_path / "weights.yaml").read_text().replace("job_timeout_s: 5", "job_timeout_s: 1")
+    )
+    srv = AsgiServer(settings)
+    try:
+        srv.wait_ready()
+        st = srv.wait_status(_submit(srv, "hang forever"), timeout=30)
+        assert st["status"] == "failed" and st["failure_reason_code"] == "JOB_TIMEOUT"
+        assert srv.wait_status(_submit(srv, "next one"), timeout=40)["status"] == "completed"
+    finally:
+        srv.close()
+
+
+class _Receiver:
+    """A local webhook endpoint that fails its first ``fail_first`` calls."""
+
+    def __init__(self, fail_first: int):
+        self.calls: list[tuple[dict, bytes]] = []
+        self.got = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.calls.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                ok = len(receiver.calls) > fail_first
+                self.send_response(200 if ok else 500)
+                self.end_headers()
+                if ok:
+                    receiver.got.set()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def receiver():
+    r = _Receiver(fail_first=1)
+    yield r
+    r.close()
+
+
+def test_server_webhook_signed_retried_once_delivered(tmp_path, receiver):
+    srv = AsgiServer(make_settings(tmp_path))
+    try:
+        job_id = _submit(srv, "hooked", callback_url=receiver.url)
+        status = srv.wait_status(job_id)
+        assert receiver.got.wait(20), "webhook never delivered"
+        assert len(receiver.calls) == 2  # one failure (500), then the retry
+        (h1, b1), (h2, b2) = receiver.calls
+        assert h1["webhook-id"] == h2["webhook-id"] == f"msg_{job_id}_completed"
+        payload = Webhook(srv.settings.webhook_secret).verify(b2, h2)
+        assert payload["job_id"] == job_id and payload["status"] == "completed"
+        assert set(payload) == set(status)
+        with pytest.raises(WebhookVerificationError):
+            Webhook(srv.settings.webhook_secret).verify(b2.replace(b"completed", b"failed"), h2)
+    finally:
+        srv.close()
+    # a restart does not send it again
+    srv = AsgiServer(make_settings(tmp_path, workers=0))
+    try:
+        assert srv.app.state.core.store.due_deliveries(10) == []
+        assert json.loads(b2)["job_id"] == job_id
+    finally:
+        srv.close()
