@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks import flops, report  # noqa: E402
+from benchmarks import flops, perf_options, report  # noqa: E402
 from benchmarks.instrument import Probe, StockEditPipe  # noqa: E402
 
 CASES: dict[str, dict] = {
@@ -173,7 +173,7 @@ def run_once(engine, spec, probe: Probe) -> dict:
         z = sum(flops.z_image_forward_flops(zcfg, img, cap) for img, cap in probe.z)
     peak = torch.cuda.max_memory_allocated(probe.device) / 2**30 if probe.device.type == "cuda" else None
     return {"stages": stages, "qwen_flops": q, "z_flops": z, "qwen_forwards": list(probe.qwen),
-            "z_forwards": list(probe.z), "peak_gib": peak}  # fmt: skip
+            "z_forwards": list(probe.z), "peak_gib": peak, "picture": result.images[0].data}  # fmt: skip
 
 
 def run_case(name, engines: dict, probe: Probe, args, peak_tflops) -> dict:
@@ -186,6 +186,9 @@ def run_case(name, engines: dict, probe: Probe, args, peak_tflops) -> dict:
         for path, engine in engines.items():
             samples[path].append(run_once(engine, spec, probe))
     out = {"settings": {k: v for k, v in CASES[name].items()}, "runs": args.runs, "warmup": args.warmup}
+    picture = samples["retouch"][0]["picture"]
+    perf_options.save_picture(args.save_pictures, name, picture)
+    out["psnr_vs_exact_db"] = perf_options.compare(args.compare_with, name, picture)
     for path, runs in samples.items():
         stages = {st: report.summary([r["stages"][st] for r in runs]) for st in STAGES}
         total = runs[0]["qwen_flops"] + runs[0]["z_flops"]
@@ -224,7 +227,8 @@ def _f(v, spec=".3f") -> str:
 def table(results: dict) -> str:
     cols = ("text_encoder", "vae_encode", "denoise", "vae_decode", "refine", "postprocess", "other")
     head = ["case", "path", "text_enc", "vae_enc", "denoise", "vae_dec", "refine", "post", "other", "e2e p50",
-            "e2e p95", "TFLOP", "TF/s dn", "TF/s e2e", "bound s", "%bound", "peak GiB"]  # fmt: skip
+            "e2e p95", "TFLOP", "TF/s dn", "TF/s e2e", "bound s", "%bound", "peak GiB",
+            "PSNR dB"]  # fmt: skip
     rows = [head]
     for name, case in results.items():
         if "error" in case or "skipped" in case:
@@ -239,7 +243,8 @@ def table(results: dict) -> str:
                          _f(st["end_to_end"]["p95"]), _f(r["flops"]["total"] / 1e12, ".3g"),
                          _f(r["tflops_per_s_denoise"], ".3g"), _f(r["tflops_per_s_end_to_end"], ".3g"),
                          _f(r["bound_s"]), "n/a" if frac is None else f"{100 * frac:.0f}%",
-                         _f(r["peak_memory_gib"], ".1f")])  # fmt: skip
+                         _f(r["peak_memory_gib"], ".1f"),
+                         _f(case.get("psnr_vs_exact_db") if path == "retouch" else None, ".1f")])  # fmt: skip
         if "ratio_stock_over_retouch" in case:
             ratio = case["ratio_stock_over_retouch"]
             rows.append([name, "stock/retouch", *(_f(ratio.get(c), ".2f") for c in cols),
@@ -267,6 +272,15 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per path and case first")
     p.add_argument("--cases", nargs="+", default=list(CASES), help=f"subset of: {', '.join(CASES)}")
     p.add_argument("--no-stock", action="store_true", help="skip the stock diffusers comparison")
+    p.add_argument(
+        "--perf",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="weights.yaml performance overrides for the Retouch path (implies --no-stock)",
+    )
+    p.add_argument("--save-pictures", metavar="DIR", help="save each case's first picture (the exact run)")
+    p.add_argument("--compare-with", metavar="DIR", help="PSNR of each case against pictures saved there")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON (rewritten after every case)")
     p.add_argument("--append-results", metavar="MD", help="append date, device, versions, command, table")
     p.add_argument("--peak-tflops", type=float, help="override the device's peak bf16 TFLOP/s for the bound")
@@ -299,6 +313,10 @@ def main(argv=None) -> int:
         else:
             engine, notes, stock_pipe = full_engine(device, args.cases, args)
         notes.append(f"peak bf16 TFLOP/s for the bound: {_f(peak, '.0f')}; FLOPs: transformers only")
+        overrides = perf_options.parse(args.perf)
+        notes += perf_options.apply(engine, overrides)
+        if overrides:
+            args.no_stock = True  # the stock pipeline would share the modified transformer
         data["notes"] = notes
         print("\n".join(report.header_lines("engine_latency", meta, notes)), flush=True)
         engines = {"retouch": engine}

@@ -76,13 +76,13 @@ class StockEditPipe:
     def __call__(self, images, prompt, *, height, width, num_inference_steps, generator,
                  negative_prompt=None, true_cfg_scale=4.0, cfg_norm_strength=1.0, mask=None,
                  vae_condition_pixels, vl_condition_pixels, on_step=None,
-                 max_sequence_length=512):  # fmt: skip
+                 max_sequence_length=512, preview_steps=(), on_preview=None):  # fmt: skip
         from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as stock_module
 
         from pipelines.qwen_edit import QwenEditOutput
 
-        if mask is not None or cfg_norm_strength != 1.0:
-            raise ValueError("the stock pipeline has no mask and only the norm-rescaled CFG")
+        if mask is not None or cfg_norm_strength != 1.0 or preview_steps:
+            raise ValueError("the stock pipeline has no mask, no previews and only the norm-rescaled CFG")
         # The stock module fixes the condition areas as module constants; same values as the
         # registry's for the real model (1 MP / 384^2), the tiny set declares smaller ones.
         saved = stock_module.VAE_IMAGE_SIZE, stock_module.CONDITION_IMAGE_SIZE

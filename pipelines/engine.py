@@ -10,20 +10,28 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import acceleration, postprocess
 from . import images as imageio
-from . import postprocess
-from .errors import EngineError, GPUOutOfMemoryError, NonFiniteOutputError
+from .enhance import enhance_prompt
+from .errors import EngineError, GPUOutOfMemoryError, InvalidInputError, NonFiniteOutputError
 from .loader import load_edit_model, load_refiner
 from .prompting import build_prompt
 from .registry import Registry, require_files
 from .sizing import output_size
-from .spec import EditResult, EditSpec, OutputImage, ProgressCallback
+from .spec import EditResult, EditSpec, OutputImage, PreviewCallback, ProgressCallback
 from .validation import MAX_SEED, check_spec
 
 # Refining pictures with text or a product in them blurs lettering and fine print first.
 MAX_REFINE_WITH_TEXT = 0.15
 MAX_REFINE_WITH_PRODUCT = 0.2
 DEFAULT_NEGATIVE_PROMPT = " "
+MAX_PARTIAL_IMAGES = 3
+
+
+def preview_steps(total_steps: int, count: int) -> list[int]:
+    """``count`` denoise steps spread evenly over the loop, never the last (the result follows it)."""
+    steps = {round(total_steps * k / (count + 1)) for k in range(1, count + 1)}
+    return sorted(s for s in steps if 1 <= s < total_steps)
 
 
 def _versions() -> dict[str, str]:
@@ -45,24 +53,37 @@ class EditEngine:
         self.edit = load_edit_model(registry, device)
         self.refiner = load_refiner(registry, device)
         self.versions = _versions()
+        self.warmed_up = acceleration.warm_up(self)
 
     @property
     def multiple(self) -> int:
         return self.edit.pipe.vae_scale_factor * 2
 
     # -- the job -----------------------------------------------------------------------------
-    def run(self, spec: EditSpec, on_progress: ProgressCallback | None = None) -> EditResult:
+    def run(
+        self,
+        spec: EditSpec,
+        on_progress: ProgressCallback | None = None,
+        on_preview: PreviewCallback | None = None,
+    ) -> EditResult:
         progress = on_progress or (lambda stage, step, total: None)
         started = time.perf_counter()
         try:
-            return self._run(spec, progress, started)
+            return self._run(spec, progress, started, on_preview)
         except torch.cuda.OutOfMemoryError as e:
             torch.cuda.empty_cache()
             raise GPUOutOfMemoryError("the GPU ran out of memory for this job; try a smaller size") from e
 
-    def _run(self, spec: EditSpec, progress: ProgressCallback, started: float) -> EditResult:
+    def _run(
+        self, spec: EditSpec, progress: ProgressCallback, started: float, on_preview: PreviewCallback | None
+    ) -> EditResult:
         # 1. Check the job against the registry and decode every picture safely
         warnings = check_spec(spec, self.registry)
+        if not 0 <= spec.partial_images <= MAX_PARTIAL_IMAGES:
+            raise InvalidInputError(
+                f"partial_images must be within 0..{MAX_PARTIAL_IMAGES}, got {spec.partial_images}",
+                field="partial_images",
+            )
         progress("encode", 0, 1)
         cap = self.registry.limits.max_input_pixels
         pictures = [
@@ -82,8 +103,21 @@ class EditEngine:
         # 2. Settings: adapters, scheduler, steps, guidance, prompt, sizes
         plan = self._plan(spec, warnings)
         mode = self.registry.modes.get(spec.mode) if spec.mode else None
+        user_prompt, revised_prompt, enhance_seconds = spec.prompt, None, 0.0
+        if spec.enhance_prompt:
+            t0 = time.perf_counter()
+            enhanced = enhance_prompt(
+                self.edit.pipe,
+                spec.prompt,
+                pictures + references,
+                vl_condition_pixels=self.edit.entry.vl_condition_pixels,
+            )
+            enhance_seconds = time.perf_counter() - t0
+            revised_prompt = user_prompt = enhanced.text
+            if enhanced.used_fallback:
+                warnings.append("prompt enhancement produced no usable text; the prompt was used as sent")
         prompt = build_prompt(
-            spec.prompt,
+            user_prompt,
             num_images=len(pictures),
             reference_descriptions=[r.description for r in spec.references],
             mode=mode,
@@ -98,9 +132,16 @@ class EditEngine:
         # 3. Edit (and refine) once per requested picture, each with its own seed
         base_seed = secrets.randbelow(MAX_SEED + 1) if spec.seed == -1 else spec.seed
         timings = {"encode": 0.0, "denoise": 0.0, "refine": 0.0, "decode": 0.0, "postprocess": 0.0}
+        if spec.enhance_prompt:
+            timings["enhance"] = enhance_seconds
+        at_steps = preview_steps(plan["steps"], spec.partial_images) if on_preview is not None else []
         outputs: list[OutputImage] = []
         for k in range(spec.num_images):
             seed = (base_seed + k) % (MAX_SEED + 1)
+
+            def preview(step: int, picture: Image.Image, k=k, seed=seed) -> None:
+                on_preview(k, at_steps.index(step), _encode_output(picture, spec, seed))
+
             result = self.edit.pipe(
                 pictures + references,
                 prompt,
@@ -115,6 +156,8 @@ class EditEngine:
                 vae_condition_pixels=self.edit.entry.vae_condition_pixels,
                 vl_condition_pixels=self.edit.entry.vl_condition_pixels,
                 on_step=lambda step, total: progress("denoise", step, total),
+                preview_steps=at_steps,
+                on_preview=preview if at_steps else None,
             )
             for stage, seconds in result.timings.items():
                 timings[stage] += seconds
@@ -123,7 +166,7 @@ class EditEngine:
                 picture = postprocess.upscale(picture, *final_size)
             if refine_strength > 0:
                 t0 = time.perf_counter()
-                picture = self._refine(picture, spec.prompt, refine_strength, seed, progress)
+                picture = self._refine(picture, user_prompt, refine_strength, seed, progress)
                 timings["refine"] += time.perf_counter() - t0
 
             # 4. Post-process and encode
@@ -134,23 +177,20 @@ class EditEngine:
             if mask is not None:
                 alpha = postprocess.feathered_mask(mask, spec.mask_feather_px)
                 picture = postprocess.composite(picture, original, alpha)
-            data = imageio.encode_image(picture, spec.output_format, spec.output_quality)
-            outputs.append(
-                OutputImage(
-                    data=data,
-                    mime_type=imageio.MIME_TYPES[spec.output_format],
-                    format=spec.output_format,
-                    width=picture.size[0],
-                    height=picture.size[1],
-                    sha256=imageio.sha256_hex(data),
-                    seed=seed,
-                )
-            )
+            outputs.append(_encode_output(picture, spec, seed))
             timings["postprocess"] += time.perf_counter() - t0
         progress("postprocess", spec.num_images, spec.num_images)
         timings["total"] = time.perf_counter() - started
         record = self._record(plan, base_seed, edit_size, final_size, refine_strength, spec)
-        return EditResult(images=outputs, seed=base_seed, timings=timings, record=record, warnings=warnings)
+        record["revised_prompt"] = revised_prompt
+        return EditResult(
+            images=outputs,
+            seed=base_seed,
+            timings=timings,
+            record=record,
+            warnings=warnings,
+            revised_prompt=revised_prompt,
+        )
 
     # -- pieces --------------------------------------------------------------------------------
     def _plan(self, spec: EditSpec, warnings: list[str]) -> dict:
@@ -191,6 +231,10 @@ class EditEngine:
             if plan["adapters"]:
                 pipe.enable_lora()
                 pipe.set_adapters([a for a, _ in plan["adapters"]], [w for _, w in plan["adapters"]])
+                if self.edit.entry.performance.compile != "off":
+                    # peft marks active adapters trainable; compiled blocks guard on requires_grad and
+                    # would recompile on every switch
+                    pipe.transformer.requires_grad_(False)
             else:
                 pipe.disable_lora()
         pipe.scheduler = self.edit.schedulers[plan["scheduler"]]
@@ -293,3 +337,16 @@ class EditEngine:
 
 
 __all__ = ["EditEngine", "EngineError"]
+
+
+def _encode_output(picture: Image.Image, spec: EditSpec, seed: int) -> OutputImage:
+    data = imageio.encode_image(picture, spec.output_format, spec.output_quality)
+    return OutputImage(
+        data=data,
+        mime_type=imageio.MIME_TYPES[spec.output_format],
+        format=spec.output_format,
+        width=picture.size[0],
+        height=picture.size[1],
+        sha256=imageio.sha256_hex(data),
+        seed=seed,
+    )

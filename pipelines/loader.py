@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from . import acceleration
 from .errors import RegistryError
 from .registry import ModelEntry, Registry
 
@@ -55,6 +56,8 @@ class LoadedEditModel:
     schedulers: dict[str, object]  # "default" plus the registry's named schedulers
     adapters: list[str]
     hashes: dict[str, str] = field(default_factory=dict)
+    # performance.fuse_lora: the LoRA baked into the (fp8) weights; no adapters remain to switch
+    fused: str | None = None
 
 
 @dataclass
@@ -92,11 +95,19 @@ def load_edit_model(registry: Registry, device: str | None = None) -> LoadedEdit
     if adapters:
         pipe.disable_lora()
 
+    perf, where = entry.performance, f"models.{name}"
+    acceleration.set_attention_backend(pipe.transformer, perf.attention_backend, where)
+    fused = acceleration.fuse_and_quantize(pipe, perf, where)
+    if perf.quantize != "none":
+        adapters = []
+    acceleration.compile_regional(pipe.transformer, perf)
+    pipe.prompt_cache = acceleration.PromptCache(perf.prompt_cache_size) if perf.prompt_cache_size else None
+
     schedulers = {"default": pipe.scheduler}
     for sched_name, overrides in registry.schedulers.items():
         config = {k: v for k, v in overrides.items() if not k.startswith("_")}
         schedulers[sched_name] = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, **config)
-    return LoadedEditModel(name, entry, pipe, schedulers, adapters, hashes)
+    return LoadedEditModel(name, entry, pipe, schedulers, adapters, hashes, fused)
 
 
 def load_refiner(registry: Registry, device: str | None = None) -> LoadedRefiner | None:
@@ -112,4 +123,7 @@ def load_refiner(registry: Registry, device: str | None = None) -> LoadedRefiner
     )
     pipe.to(resolve_device(device or entry.device))
     pipe.set_progress_bar_config(disable=True)
+    perf = entry.performance
+    acceleration.set_attention_backend(pipe.transformer, perf.attention_backend, f"models.{name}")
+    acceleration.compile_regional(pipe.transformer, perf)
     return LoadedRefiner(name, entry, pipe, {f"{name}/{k}": v for k, v in folder_hashes(folder).items()})

@@ -41,6 +41,39 @@ class LoraEntry(_Strict):
     weight: float = 1.0
 
 
+class Performance(_Strict):
+    """Speed settings of one model, applied once at load; each is measured on and off in benchmarks/."""
+
+    # a diffusers attention backend ("native", "flash", "_flash_3", "_native_cudnn", "sage", ...);
+    # null = diffusers' default (PyTorch SDPA, which picks flash/cuDNN itself on a GPU)
+    attention_backend: str | None = None
+    # "regional" compiles the repeated transformer block once (fast start, dynamic shapes)
+    compile: Literal["off", "regional"] = "off"
+    # output sizes (width, height) run once at start, Lightning on and off, so no job pays a compile
+    warmup_sizes: list[tuple[int, int]] = Field(default_factory=list)
+    # "fp8": torchao float8 linear layers in the transformer (CUDA, compute capability >= 8.9)
+    quantize: Literal["none", "fp8"] = "none"
+    # the LoRA fused into the bf16 weights before quantising: an FP8 base with an unfused LoRA shows
+    # grid artifacts, so the model then serves only jobs that use exactly this LoRA
+    fuse_lora: str | None = None
+    # text-encoder outputs kept per (prompt, condition pictures): repeated prompts and num_images > 1
+    # skip the vision-language model
+    prompt_cache_size: int = Field(default=0, ge=0, le=4096)
+
+    @field_validator("attention_backend")
+    @classmethod
+    def _offline_backend(cls, v: str | None) -> str | None:
+        if v is not None and v.endswith("_hub"):
+            raise ValueError(f"attention_backend {v!r} downloads kernels from the hub; Retouch runs offline")
+        return v
+
+    @model_validator(mode="after")
+    def _fuse_needs_quantize(self) -> Performance:
+        if self.fuse_lora is not None and self.quantize == "none":
+            raise ValueError("fuse_lora is only for quantize: fp8 (the bf16 path switches adapters per job)")
+        return self
+
+
 class ModelEntry(_Strict):
     roles: list[Role]
     pipeline: PipelineKind
@@ -57,6 +90,7 @@ class ModelEntry(_Strict):
     loras: dict[str, LoraEntry] = Field(default_factory=dict)
     # Refiner only: steps the img2img pass would take at strength 1.
     vae_tiling_above_pixels: int = Field(default=2048 * 2048, ge=1)
+    performance: Performance = Field(default_factory=Performance)
 
 
 class ModePreset(_Strict):
@@ -70,6 +104,28 @@ class ModePreset(_Strict):
         if v is not None and "{prompt}" not in v:
             raise ValueError(f"prompt_template must contain '{{prompt}}', got {v!r}")
         return v
+
+
+class QualityPreset(_Strict):
+    """What one OpenAI/IG1 ``quality`` value runs: a Lightning LoRA, or the full model for ``steps``."""
+
+    lightning_steps: int | None = Field(default=None, ge=1, le=100)
+    # full model only; unset = the model's default_steps
+    steps: int | None = Field(default=None, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> QualityPreset:
+        if self.lightning_steps is not None and self.steps is not None:
+            raise ValueError("set lightning_steps (distilled) or steps (full model), not both")
+        return self
+
+
+class PublicModel(_Strict):
+    """A name clients send as ``model`` (OpenAI/IG1 contract), served by a declared edit model."""
+
+    model: str
+    # rewrite the instruction with the edit model's own vision-language encoder first
+    enhance_prompt: bool = False
 
 
 class Limits(_Strict):
@@ -102,6 +158,8 @@ class Registry(_Strict):
     modes: dict[str, ModePreset] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     resolutions: Resolutions = Field(default_factory=Resolutions)
+    qualities: dict[str, QualityPreset] = Field(default_factory=dict)
+    public_models: dict[str, PublicModel] = Field(default_factory=dict)
     # where this file was read from; set by load_registry, used to resolve relative paths
     source: str | None = None
 
@@ -119,9 +177,25 @@ class Registry(_Strict):
             if len(holders) > 1:
                 raise ValueError(f"role {role!r} is declared by several models: {holders}")
         edit_loras = {n for m in self.models.values() if "edit_plus" in m.roles for n in m.loras}
+        for model_name, model in self.models.items():
+            fused = model.performance.fuse_lora
+            if fused is not None and fused not in model.loras:
+                raise ValueError(
+                    f"models.{model_name}.performance.fuse_lora: {fused!r} is not one of its loras"
+                )
         for mode_name, mode in self.modes.items():
             if mode.lora is not None and mode.lora not in edit_loras:
                 raise ValueError(f"modes.{mode_name}.lora: {mode.lora!r} is not a LoRA of the edit model")
+        for name, quality in self.qualities.items():
+            if quality.lightning_steps is not None and self.lightning_lora(quality.lightning_steps) is None:
+                raise ValueError(
+                    f"qualities.{name}.lightning_steps: no Lightning LoRA of the edit model runs "
+                    f"{quality.lightning_steps} steps"
+                )
+        for name, public in self.public_models.items():
+            target = self.models.get(public.model)
+            if target is None or not {"edit", "edit_plus"} & set(target.roles):
+                raise ValueError(f"public_models.{name}.model: {public.model!r} is not a declared edit model")
         return self
 
     # -- lookups -------------------------------------------------------------------------

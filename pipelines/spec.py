@@ -17,6 +17,9 @@ Resolution = Literal["1k", "2k", "4k"]
 # on_progress(stage, step, total); stages: "encode", "denoise", "refine", "decode", "postprocess".
 # A callback may raise (e.g. JobCancelledError) to stop the job between steps.
 ProgressCallback = Callable[[str, int, int], None]
+# on_preview(image_index, partial_index, preview): a cheap picture of the denoised estimate part-way
+# through the denoise loop, asked for with EditSpec.partial_images; called in the engine's thread.
+PreviewCallback = Callable[[int, int, "OutputImage"], None]
 
 
 @dataclass
@@ -55,6 +58,10 @@ class EditSpec:
     has_text: bool = False
     has_product: bool = False
     mode: str | None = None
+    # rewrite the prompt with the edit model's vision-language encoder first (EditResult.revised_prompt)
+    enhance_prompt: bool = False
+    # previews per output picture at evenly spaced denoise steps, sent to run()'s on_preview
+    partial_images: int = 0
 
 
 @dataclass
@@ -77,3 +84,5 @@ class EditResult:
     # model/LoRA file hashes, scheduler settings, seed, library versions, effective parameters
     record: dict
     warnings: list[str] = field(default_factory=list)
+    # the user instruction the edit ran with when EditSpec.enhance_prompt rewrote it
+    revised_prompt: str | None = None

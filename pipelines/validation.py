@@ -93,6 +93,7 @@ def check_spec(spec: EditSpec, registry: Registry) -> list[str]:
             f"mode {spec.mode!r} is not available (have: {', '.join(sorted(registry.modes)) or 'none'})",
             field="mode",
         )
+    _check_fused_lora(spec, registry)
     needs_refiner = spec.refine_strength > 0 or spec.resolution in ("2k", "4k")
     if needs_refiner and registry.model_for("refiner") is None:
         raise UnsupportedFeatureError("no refiner model is declared in weights.yaml", field="refine_strength")
@@ -101,3 +102,21 @@ def check_spec(spec: EditSpec, registry: Registry) -> list[str]:
     if spec.mask is not None and (spec.width or spec.height or spec.aspect_ratio):
         warnings.append("output size ignored: a masked edit keeps the input's size")
     return warnings
+
+
+def _check_fused_lora(spec: EditSpec, registry: Registry) -> None:
+    """A model with a LoRA baked into fp8 weights serves exactly that LoRA (weights.yaml decides)."""
+    found = registry.model_for("edit_plus") or registry.model_for("edit")
+    fused = found[1].performance.fuse_lora if found else None
+    if fused is None:
+        return
+    wanted = registry.lightning_lora(spec.lightning_steps) if spec.lightning_steps is not None else None
+    mode = registry.modes.get(spec.mode) if spec.mode else None
+    if wanted != fused or (mode is not None and mode.lora is not None):
+        asked = f"{spec.lightning_steps} Lightning steps" if spec.lightning_steps else "the full model"
+        raise UnsupportedFeatureError(
+            f"this server runs only {fused} (fused into fp8 weights in weights.yaml); "
+            f"the job asks for {asked}"
+            + (f" and the {spec.mode} LoRA" if mode is not None and mode.lora else ""),
+            field="lightning_steps",
+        )

@@ -66,3 +66,47 @@ def test_engine_latency_tiny_writes_every_stage_and_the_stock_ratio(tmp_path):
     assert case["same_forwards"]
     assert "stock/retouch" in proc.stdout
     assert "TINY random weights" in md.read_text()
+
+
+def test_server_overhead_tiny_measures_http_against_the_engine(tmp_path):
+    out = tmp_path / "overhead.json"
+    md = tmp_path / "RESULTS.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "server_overhead.py"), "--tiny", "--runs", "2",
+           "--warmup", "1", "--status-seconds", "0.5", "--json", str(out),
+           "--append-results", str(md)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert len(data["direct"]) == 2 and len(data["jobs"]) == 2
+    for job in data["jobs"]:
+        # the worker's own engine time is part of what the client waited for
+        assert 0 < job["engine"] < job["e2e"]
+    assert data["status"]["requests"] > 0 and data["status"]["job_running_fraction"] > 0
+    assert "added / engine (p50)" in proc.stdout and "req/s" in md.read_text()
+
+
+def test_engine_latency_perf_override_reports_psnr_against_the_exact_path(tmp_path):
+    script = str(ROOT / "benchmarks" / "engine_latency.py")
+    base = [sys.executable, script, "--tiny", "--device", "cpu", "--runs", "1", "--warmup", "0",
+            "--cases", "lightning-8"]  # fmt: skip
+    exact = subprocess.run([*base, "--no-stock", "--save-pictures", str(tmp_path / "pics")],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    assert exact.returncode == 0, exact.stderr[-3000:]
+    assert (tmp_path / "pics" / "lightning-8.png").is_file()
+    out = tmp_path / "cached.json"
+    cmd = [
+        *base,
+        "--perf",
+        "prompt_cache_size=8",
+        "--compare-with",
+        str(tmp_path / "pics"),
+        "--json",
+        str(out),
+    ]
+    cached = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert cached.returncode == 0, cached.stderr[-3000:]
+    data = json.loads(out.read_text())
+    case = data["cases"]["lightning-8"]
+    assert case["psnr_vs_exact_db"] == float("inf")  # the cache changes nothing in the picture
+    assert "stock" not in case  # the stock path would share the modified transformer
+    assert any("prompt_cache_size" in note for note in data["notes"])

@@ -274,6 +274,21 @@ def tiny_registry() -> dict:
             "job_timeout_s": 120,
         },
         "resolutions": {"1k": 128 * 128, "2k": 256 * 256, "4k": 512 * 512, "upscale_refine_strength": 0.3},
+        # Same names as the production table; full-model step counts scaled down for the CPU.
+        "qualities": {
+            "low": {"lightning_steps": 4},
+            "medium": {"lightning_steps": 8},
+            "auto": {"lightning_steps": 8},
+            "standard": {"steps": 2},
+            "high": {"steps": 4},
+            "hd": {"steps": 6},
+            "xhigh": {"steps": 6},
+            "max": {"steps": 6},
+        },
+        "public_models": {
+            "qwen-image-edit": {"model": "qwen-image-edit-tiny"},
+            "qwen-image-edit-pe": {"model": "qwen-image-edit-tiny", "enhance_prompt": True},
+        },
     }
 
 
