@@ -5,18 +5,23 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import FastAPI, Header, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from pipelines.registry import load_registry
 
-from . import signing
+from . import metrics, playground, signing
+from .contracts.depicta import build_router as depicta_router
+from .contracts.fashn import build_router as fashn_router
 from .contracts.imagepipeline import build_router as imagepipeline_router
+from .contracts.openai import build_router as openai_router
 from .core import Core
 from .errors import ServiceError
 from .files import FileStore
+from .limits import RequestGuard
+from .pods import PodAgent, build_servers_router
 from .settings import Settings
-from .store import SQLiteStore
+from .store import open_store
 from .supervisor import Supervisor
 from .webhooks import WebhookSender
 
@@ -35,15 +40,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.ensure_secrets()
     registry = load_registry(settings.weights)
-    store = SQLiteStore(
-        settings.db_path,
-        result_ttl_s=settings.result_ttl_s,
-        default_job_seconds=settings.default_job_seconds,
-        workers=settings.workers,
-    )
-    files = FileStore(settings.data_dir)
+    store = open_store(settings)  # Redis when RETOUCH_REDIS_URL is set (several pods), else SQLite
+    files = FileStore(settings.files_root)
     core = Core(settings, registry, store, files)
     supervisor = Supervisor(settings, store, files, registry.limits.job_timeout_s)
+    core.on_queued.append(supervisor.wake)
+    pods = PodAgent(settings, store, registry, supervisor)
+    core.pods = pods
     webhooks = WebhookSender(
         store, settings, lambda contract, record: core.status_renderers[contract](record)
     )
@@ -51,18 +54,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         supervisor.start()
-        webhooks.start()
+        if settings.role != "worker":  # worker pods post no webhooks; API pods share the outbox
+            webhooks.start()
+        pods.start()
         try:
             yield
         finally:
-            webhooks.stop()
+            if settings.role != "worker":
+                webhooks.stop()
+            pods.stop()
             supervisor.stop()
 
     app = FastAPI(title="Retouch", version="0.1.0", lifespan=lifespan)
     app.state.core = core
     app.state.supervisor = supervisor
     app.state.webhooks = webhooks
+    # Outermost: a body over the cap is refused before any of it is read (server/limits.py).
+    app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes)
     app.include_router(imagepipeline_router(core))
+    app.include_router(build_servers_router(core, pods))
+    app.include_router(fashn_router(core))
+    app.include_router(depicta_router(core))
+    app.include_router(openai_router(core))
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -74,9 +87,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     def readyz() -> JSONResponse:
-        ready = supervisor.alive() > 0 and core.ready()
+        # An API pod has no workers of its own: it is ready when some pod's worker is.
+        local = supervisor.alive() > 0 or settings.role == "api"
+        ready = local and core.ready() and not supervisor.draining
         body = {"status": "ready" if ready else "not ready", "workers_alive": supervisor.alive()}
         return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/admin/v1/keys", tags=["admin"])
+    def list_api_keys(x_api_key: str | None = Header(default=None)) -> dict:
+        """The API keys (names, scopes, limits; never the keys or their hashes); scope admin."""
+        core.authenticate(x_api_key, scope="admin")
+        return {"keys": [k.model_dump(exclude={"sha256"}) for k in core.keys.all()]}
 
     @app.get("/files/{kind}/{rest:path}", tags=["files"])
     def serve_file(kind: str, rest: str, expires: str | None = None, sig: str | None = None) -> FileResponse:
@@ -92,5 +113,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             relative.rsplit(".", 1)[-1]
         )
         return FileResponse(files.path(relative), media_type=media)
+
+    # Prometheus scrape endpoint: store gauges read now plus every process's counters (server/metrics.py).
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        body, content_type = metrics.exposition(core.store, heartbeat_max_age_s=max(10.0, settings.lease_s))
+        return Response(body, media_type=content_type)
+
+    playground.mount(app)  # the web playground at / (server/static)
 
     return app

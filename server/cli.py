@@ -110,13 +110,58 @@ def serve(
     data_dir: str | None = typer.Option(None, "--data-dir", help="Jobs database and files [./data]"),
     server_id: str | None = typer.Option(None, "--server-id", help="This server's id [host name]"),
     workers: int | None = typer.Option(None, "--workers", help="GPU worker processes [1]"),
+    role: str | None = typer.Option(
+        None, "--role", help="all | api (HTTP only) | worker (GPU workers only) [all]; see docs/deploy.md"
+    ),
+    insecure_no_auth: bool = typer.Option(
+        False, "--insecure-no-auth", help="Serve a non-loopback address without API keys (trusted network)"
+    ),
 ) -> None:
     """Start the HTTP server with its GPU workers (settings also from RETOUCH_* variables)."""
     from server.serve import serve_command
 
     flags = {"weights": weights, "host": host, "port": port, "data_dir": data_dir}
-    flags.update(server_id=server_id, workers=workers)
+    flags.update(server_id=server_id, workers=workers, insecure_no_auth=insecure_no_auth or None)
+    flags.update(role=role)
     serve_command({k: v for k, v in flags.items() if v is not None})
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: stored hashed in the keys file.")
+app.add_typer(keys_app, name="keys")
+_DATA_DIR = typer.Option(None, "--data-dir", help="Data dir holding api_keys.json [./data]")
+_KEYS_FILE = typer.Option(None, "--keys-file", help="Keys file [<data-dir>/api_keys.json]")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Option(..., "--name", help="Who or what the key is for"),
+    scope: list[str] = typer.Option(["edit"], "--scope", help="edit and/or admin (repeat for both)"),
+    budget_usd: float | None = typer.Option(None, "--budget-usd", help="Spending limit (402 once spent)"),
+    rate: str | None = typer.Option(None, "--rate", help="Job creations per minute, e.g. 60/min (429)"),
+    concurrency: int | None = typer.Option(None, "--concurrency", help="Unfinished jobs at a time (429)"),
+    data_dir: str | None = _DATA_DIR,
+    keys_file: str | None = _KEYS_FILE,
+) -> None:
+    """Create a key and print it once (only its SHA-256 is stored); takes effect without a restart."""
+    from server.keys_cli import create_command
+
+    create_command(
+        name=name,
+        scopes=scope,
+        budget_usd=budget_usd,
+        rate=rate,
+        concurrency=concurrency,
+        data_dir=data_dir,
+        keys_path=keys_file,
+    )
+
+
+@keys_app.command("list")
+def keys_list(data_dir: str | None = _DATA_DIR, keys_file: str | None = _KEYS_FILE) -> None:
+    """List keys: id, name, scopes, limits (never the keys)."""
+    from server.keys_cli import list_command
+
+    list_command(data_dir=data_dir, keys_path=keys_file)
 
 
 if __name__ == "__main__":

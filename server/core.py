@@ -6,29 +6,44 @@ never touch the store or the files directly, so new contracts plug in without ch
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import secrets
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import ValidationError
 
 from pipelines.errors import EngineError
-from pipelines.images import decode_image
+from pipelines.images import decode_image, decode_mask
 from pipelines.registry import Registry
 from pipelines.validation import check_spec
 
 from . import signing
+from .auth import KeyRing, KeysFile, parse_env_keys
 from .errors import ServiceError
-from .fetch import fetch_url
+from .fetch import FetchPolicy, fetch_url
 from .files import FileStore, safe_filename
 from .jobs import EditJob, InputRef, JobMeta, JobRecord
+from .limits import Admission
 from .settings import Settings
 from .store import JobStore, Upload
 
+log = logging.getLogger("retouch.core")
+
 UPLOAD_PREFIX = "/files/uploads/"
 RESULT_PREFIX = "/files/results/"
+
+
+@dataclass(frozen=True)
+class NamedInput:
+    """A side input picture (reference or mask) by URL, with the request field errors name."""
+
+    url: str
+    field: str
+    description: str | None = None
 
 
 def new_id(prefix: str) -> str:
@@ -43,20 +58,29 @@ class Core:
         self.files = files
         # contract name -> function(JobRecord) -> dict; webhooks post what the status endpoint shows
         self.status_renderers: dict[str, Any] = {}
+        # Called after a job is queued, so an idle worker starts it now rather than at its next poll.
+        self.on_queued: list[Callable[[], None]] = []
+        self.keys = KeyRing(
+            KeysFile(settings.keys_path), parse_env_keys(settings.api_keys, settings.key_budgets_usd)
+        )
+        self.admission = Admission(
+            settings, store, self.keys, self.balance, max_prompt_chars=registry.limits.max_prompt_chars
+        )
+        self.fetch_policy = FetchPolicy.from_settings(settings)
+        # server/pods.py PodAgent: which pods are alive (set by create_app; None = this server only).
+        self.pods = None
 
     # -- auth and money ----------------------------------------------------------------------
-    def authenticate(self, api_key: str | None) -> str:
-        """The owner id (a hash, so keys are never stored) of an accepted key."""
-        accepted = self.settings.accepted_keys
-        if accepted is not None and (not api_key or api_key not in accepted):
-            raise ServiceError("UNAUTHORIZED", "missing or invalid API key")
-        return hashlib.sha256((api_key or "").encode()).hexdigest()[:32]
+    def authenticate(self, api_key: str | None, scope: str = "edit") -> str:
+        """The owner id (a hash, so keys are never stored) of an accepted key.
+
+        ``api_key`` is what the contract's own header carried; without one, ``Authorization: Bearer``
+        or ``X-API-Key`` of the current request is used. 401 unknown/missing, 403 missing scope."""
+        return self.keys.authenticate(api_key, scope)
 
     def _budget(self, owner: str) -> float | None:
-        for key, budget in self.settings.key_budgets_usd.items():
-            if hashlib.sha256(key.encode()).hexdigest()[:32] == owner:
-                return budget
-        return None
+        record = self.keys.by_owner(owner)
+        return record.budget_usd if record else None
 
     def balance(self, owner: str) -> float | None:
         budget = self._budget(owner)
@@ -77,9 +101,7 @@ class Core:
         own = self._own_file(url, what)
         if own is not None:
             return self.files.read(own)
-        return fetch_url(
-            url, max_bytes=self.settings.fetch_max_bytes, timeout_s=self.settings.fetch_timeout_s, what=what
-        )
+        return fetch_url(url, what=what, policy=self.fetch_policy)
 
     def _own_file(self, url: str, what: str) -> str | None:
         base = self.settings.base_url
@@ -111,14 +133,33 @@ class Core:
 
     # -- jobs --------------------------------------------------------------------------------
     def submit(
+        self, params: dict[str, Any], image_urls: list[str], meta: JobMeta, **inputs: Any
+    ) -> JobRecord:
+        """Admit (server/limits.py: Idempotency-Key, caps, key limits, a reserved queue slot), then
+        validate and queue; nothing is fetched or decoded before the slot is reserved."""
+        body = {"params": params, "images": image_urls, "inputs": inputs, "contract": meta.contract}
+        body |= {"callback_url": meta.callback_url, "profile_id": meta.profile_id}
+        with self.admission.admit(meta.owner, str(params.get("prompt") or ""), body) as ticket:
+            if ticket.existing_job_id is not None:
+                return self.get_job(ticket.existing_job_id, meta.owner)
+            record = self._submit_admitted(params, image_urls, meta, **inputs)
+            ticket.job_id = record.id
+            return record
+
+    def _submit_admitted(
         self,
         params: dict[str, Any],
         image_urls: list[str],
         meta: JobMeta,
         *,
         image_field: str = "input_image",
+        references: Sequence[NamedInput] = (),
+        mask: NamedInput | None = None,
     ) -> JobRecord:
-        """Validate a job once (fields, pictures, registry rules), store its inputs, queue it."""
+        """Validate a job once (fields, pictures, registry rules), store its inputs, queue it.
+
+        ``references`` are context pictures with optional descriptions; ``mask`` (white = edit)
+        must have the size of the first image."""
         if not image_urls:
             raise ServiceError("INVALID_PARAMETERS", f"{image_field} is required", field=image_field)
         limit = self.registry.limits.max_images_per_job
@@ -132,32 +173,81 @@ class Core:
             image_field if len(image_urls) == 1 else f"{image_field}[{i}]" for i in range(len(image_urls))
         ]
         pictures = [self.read_input(url, name) for url, name in zip(image_urls, names, strict=True)]
+        side = [(r, self.read_input(r.url, r.field)) for r in references]
+        mask_bytes = self.read_input(mask.url, mask.field) if mask else None
+        cap = self.registry.limits.max_input_pixels
         try:
-            for data, name in zip(pictures, names, strict=True):
-                decode_image(data, max_pixels=self.registry.limits.max_input_pixels, what=name)
+            sizes = [
+                decode_image(d, max_pixels=cap, what=n).size for d, n in zip(pictures, names, strict=True)
+            ]
+            for ref, data in side:
+                decode_image(data, max_pixels=cap, what=ref.field)
         except EngineError as exc:
             raise ServiceError.from_engine(exc) from None
+        if mask is not None:
+            try:
+                decode_mask(mask_bytes, sizes[0], max_pixels=cap)
+            except EngineError as exc:
+                # The engine names the field "mask"; the contract's own name is clearer to its client.
+                message = exc.message.replace("mask", mask.field, 1)
+                raise ServiceError(exc.code, message, field=mask.field) from None
 
         job_id = new_id("job")
         refs = [InputRef(path=f"inputs/{job_id}/{i}") for i in range(len(pictures))]
+        preloaded = {f"inputs/{job_id}/ref{i}": data for i, (_, data) in enumerate(side)}
+        if mask_bytes is not None:
+            preloaded[f"inputs/{job_id}/mask"] = mask_bytes
         try:
-            job = EditJob(images=refs, **params)
+            job = EditJob(
+                images=refs,
+                references=[
+                    InputRef(path=f"inputs/{job_id}/ref{i}", description=r.description)
+                    for i, (r, _) in enumerate(side)
+                ],
+                mask=InputRef(path=f"inputs/{job_id}/mask") if mask_bytes is not None else None,
+                **params,
+            )
         except ValidationError as exc:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or "body"
             raise ServiceError("INVALID_PARAMETERS", f"{field}: {err['msg']}", field=field) from None
         try:
-            warnings = check_spec(job.to_spec(self.files.root, image_bytes=pictures), self.registry)
+            spec = job.to_spec(self.files.root, image_bytes=pictures, preloaded=preloaded)
+            warnings = check_spec(spec, self.registry)
         except EngineError as exc:
             raise ServiceError.from_engine(exc) from None
         for ref, data in zip(refs, pictures, strict=True):
             self.files.write(ref.path, data)
-        meta = meta.model_copy(update={"warnings": meta.warnings + warnings})
+        for path, data in preloaded.items():
+            self.files.write(path, data)
+        meta = meta.model_copy(update={"warnings": meta.warnings + warnings, "model": self._job_model()})
         try:
-            return self.store.add_job(job_id, job, meta, max_queued=self.settings.max_queued_jobs)
+            record = self.store.add_job(job_id, job, meta, max_queued=self.settings.max_queued_jobs)
         except ServiceError:
             self.files.delete_tree(f"inputs/{job_id}")
             raise
+        log.info("job queued", extra={"job_id": job_id, "contract": meta.contract, "kind": record.kind})
+        for wake in self.on_queued:
+            wake()
+        return record
+
+    def check_server_id(self, server_id: str | None) -> None:
+        """A job may name a pod (``server_id``); an unknown or dead one is refused before queueing."""
+        if server_id is None:
+            return
+        if self.pods is not None:
+            self.pods.check_server_id(server_id)
+        elif server_id != self.settings.server_id:
+            raise ServiceError(
+                "WRONG_SERVER",
+                f"server_id {server_id!r} is not this server ({self.settings.server_id!r})",
+                field="server_id",
+            )
+
+    def _job_model(self) -> str | None:
+        """The registry model that runs edit jobs; unpinned jobs queue per model (Redis store)."""
+        found = self.registry.model_for("edit_plus") or self.registry.model_for("edit")
+        return found[0] if found else None
 
     def get_job(self, job_id: str, owner: str) -> JobRecord:
         record = self.store.get_job(job_id)
@@ -171,6 +261,21 @@ class Core:
         if record is None:
             raise ServiceError("NOT_FOUND", f"job {job_id!r} not found")
         return record
+
+    def list_jobs(self, owner: str, contract: str, limit: int = 50) -> list[JobRecord]:
+        return self.store.list_jobs(owner, contract=contract, limit=limit)
+
+    def result_bytes(self, record: JobRecord) -> list[bytes] | None:
+        """The result pictures' bytes; None once any of them has expired or was handed out."""
+        paths = [r.path for r in record.results]
+        if not paths or not all(self.files.exists(p) for p in paths):
+            return None
+        return [self.files.read(p) for p in paths]
+
+    def drop_results(self, record: JobRecord) -> None:
+        """Delete a job's result files now (results handed out inline are not kept)."""
+        for result in record.results:
+            self.files.delete(result.path)
 
     def estimate_new(self, job: EditJob) -> float:
         return self.store.estimate_new(job.kind())

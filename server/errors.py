@@ -34,18 +34,51 @@ ERROR_TABLE: dict[str, ErrorKind] = {
     "URL_EXPIRED": ErrorKind(410),
     "CONFLICT": ErrorKind(409),
     "WRONG_SERVER": ErrorKind(421),
-    "QUEUE_FULL": ErrorKind(429, retryable=True),
+    # Overload: the queue is full (503, like TGI/vLLM); per-key limits are the client's own (429).
+    "QUEUE_FULL": ErrorKind(503, retryable=True),
+    "RATE_LIMITED": ErrorKind(429, retryable=True),
+    "CONCURRENCY_LIMITED": ErrorKind(429, retryable=True),
+    "IDEMPOTENCY_CONFLICT": ErrorKind(409),
+    "IDEMPOTENCY_IN_PROGRESS": ErrorKind(409, retryable=True),
+    "PAYLOAD_TOO_LARGE": ErrorKind(413),
+    "INPUT_URL_BLOCKED": ErrorKind(422),
     "NOT_READY": ErrorKind(503, retryable=True),
     "INTERNAL_ERROR": ErrorKind(500, retryable=True),
     # Failure reasons of jobs (reported in status bodies, not as HTTP answers).
     "CANCELLED": ErrorKind(409),
     "JOB_TIMEOUT": ErrorKind(504, retryable=True),
     "WORKER_LOST": ErrorKind(500, retryable=True),
+    # A job pinned (server_id) to a pod that stayed dead past RETOUCH_PINNED_POD_TIMEOUT_S.
+    "SERVER_LOST": ErrorKind(503, retryable=True),
     "GPU_OUT_OF_MEMORY": ErrorKind(503, retryable=True),
     "NON_FINITE_OUTPUT": ErrorKind(500, retryable=True),
     "WEIGHTS_INVALID": ErrorKind(500),
     "ENGINE_ERROR": ErrorKind(500),
 }
+
+# Where a hosted API answers a code with another status than the table's, per contract, so the
+# official clients raise the exception class they raise against the hosted service.
+# OpenAI answers every invalid request with 400 (the openai client's BadRequestError).
+_OPENAI_INVALID_REQUEST = (
+    "INVALID_PARAMETERS",
+    "INVALID_IMAGE",
+    "IMAGE_TOO_LARGE",
+    "UNSUPPORTED_PARAMETER",
+    "INPUT_FETCH_FAILED",
+    "INPUT_EXPIRED",
+    "INPUT_URL_BLOCKED",
+)
+CONTRACT_HTTP_STATUS: dict[str, dict[str, int]] = {
+    "openai": dict.fromkeys(_OPENAI_INVALID_REQUEST, 400),
+}
+
+
+def http_status_for(code: str, contract: str) -> int:
+    """The HTTP status ``contract`` answers error ``code`` with."""
+    override = CONTRACT_HTTP_STATUS.get(contract, {}).get(code)
+    if override is not None:
+        return override
+    return ERROR_TABLE.get(code, ERROR_TABLE["INTERNAL_ERROR"]).http_status
 
 
 class ServiceError(Exception):

@@ -62,6 +62,9 @@ class EditJob(BaseModel):
     has_text: bool = False
     has_product: bool = False
     mode: str | None = None
+    enhance_prompt: bool = False
+    # previews per picture the worker writes under previews/{job_id}/ (streamed by the OpenAI contract)
+    partial_images: int = Field(default=0, ge=0, le=3)
 
     def kind(self) -> str:
         """Jobs of one kind take about as long as each other; ETAs are averaged per kind."""
@@ -72,10 +75,19 @@ class EditJob(BaseModel):
     def prompt_hash(self) -> str:
         return hashlib.sha256(self.prompt.encode()).hexdigest()
 
-    def to_spec(self, data_dir: Path, *, image_bytes: list[bytes] | None = None) -> EditSpec:
-        """The engine's view of the job; reads the input files unless their bytes are given."""
+    def to_spec(
+        self,
+        data_dir: Path,
+        *,
+        image_bytes: list[bytes] | None = None,
+        preloaded: dict[str, bytes] | None = None,
+    ) -> EditSpec:
+        """The engine's view of the job; reads the input files unless their bytes are given
+        (``preloaded``: relative path -> bytes, for references and masks not yet written)."""
 
         def read(ref: InputRef) -> bytes:
+            if preloaded and ref.path in preloaded:
+                return preloaded[ref.path]
             return (data_dir / ref.path).read_bytes()
 
         fields = self.model_dump(exclude={"images", "references", "mask"})
@@ -95,6 +107,13 @@ class JobMeta(BaseModel):
     callback_url: str | None = None
     profile_id: str | None = None
     warnings: list[str] = Field(default_factory=list)
+    # Routing (scale-out): the pod this job is pinned to, and the registry model that runs it.
+    server_id: str | None = None
+    model: str | None = None
+    # Results are handed out inline once (FASHN return_base64) and then deleted from disk.
+    inline_results: bool = False
+    # Request options a contract keeps with the job to show back (e.g. Depicta strictness, model).
+    options: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
 
 
 class ResultFile(BaseModel):
@@ -105,6 +124,8 @@ class ResultFile(BaseModel):
     height: int
     sha256: str
     seed: int
+    # the rewritten instruction the picture was made with (EditJob.enhance_prompt)
+    revised_prompt: str | None = None
 
 
 # Share of the whole job each stage covers, so one progress number rises monotonically.
@@ -151,6 +172,7 @@ class JobRecord(BaseModel):
     retryable: bool | None = None
     queue_position: int | None = None  # filled in on read for queued jobs
     estimated_seconds: float | None = None  # filled in on read for unfinished jobs
+    ran_on: str | None = None  # server_id of the pod whose worker took the job last (Redis store)
 
     @property
     def prompt_hash(self) -> str:

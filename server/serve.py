@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import typer
 from pydantic import ValidationError
@@ -20,31 +21,53 @@ def serve_command(flags: dict) -> None:
     except ValidationError as exc:
         typer.echo(f"invalid setting: {exc}", err=True)
         raise typer.Exit(2) from None
+    from .auth import KeyRing, KeysFile, parse_env_keys, unsafe_bind_reason
+
+    refusal = unsafe_bind_reason(
+        settings,
+        KeyRing(KeysFile(settings.keys_path), parse_env_keys(settings.api_keys, settings.key_budgets_usd)),
+    )
+    if refusal:
+        typer.echo(f"error: {refusal}", err=True)
+        raise typer.Exit(2)
     try:
         # Fail here, with the list of missing paths, rather than in every worker later.
         registry = load_registry(settings.weights)
-        require_files(registry)
+        if settings.role != "api":  # an API pod validates jobs against weights.yaml but loads no weights
+            require_files(registry)
     except RegistryError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from None
     # Weights that were pulled or imported carry a manifest: refuse to serve a tampered or
     # truncated file (fast path: sizes plus hashes cached by mtime).
-    problems = verify(registry, full=False) if manifest_path(registry).exists() else []
+    has_manifest = settings.role != "api" and manifest_path(registry).exists()
+    problems = verify(registry, full=False) if has_manifest else []
     if problems:
         for problem in problems:
             typer.echo(f"error: {problem}", err=True)
         typer.echo("error: weights do not match their manifest; re-import or re-pull them", err=True)
         raise typer.Exit(2)
 
-    import uvicorn
-
+    # Each server gets a fresh directory for its workers' metric files (server/metrics.py), never
+    # one inherited from the environment: another process's samples would mix into ours.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    from . import shutdown
     from .app import create_app
+    from .logging_setup import configure_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings.ensure_secrets()  # before logging is set up, so every secret is known to the redactor
+    configure_logging(settings, process_name="api")
     app = create_app(settings)
-    typer.echo(
-        f"retouch serving on {settings.base_url} (server_id={settings.server_id}, workers={settings.workers},"
-        f" data={settings.data_dir.resolve()}); webhook secret in {settings.data_dir / 'webhook_secret'}",
-        err=True,
+    logging.getLogger("retouch.serve").info(
+        "retouch serving on %s",
+        settings.base_url,
+        extra={
+            "server_id": settings.server_id,
+            "workers": settings.workers,
+            "data_dir": str(settings.data_dir.resolve()),
+            "webhook_secret_file": str(settings.data_dir / "webhook_secret"),
+        },
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    # log_config=None: uvicorn keeps the JSON handler configured above instead of installing its own.
+    # SIGTERM drains first (server/shutdown.py): /readyz 503, no new job, running ones finish or go back.
+    shutdown.run(app, settings, log_config=None, log_level=settings.log_level.lower())

@@ -5,8 +5,9 @@ from __future__ import annotations
 import secrets
 import socket
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,7 +23,8 @@ class Settings(BaseSettings):
     # Absolute URLs handed to clients (results, uploads); default http://host:port.
     public_base_url: str | None = None
 
-    # Comma-separated accepted X-API-Key values; unset = any key is accepted (single-tenant box).
+    # Comma-separated accepted keys, `key` (scope edit) or `key:edit+admin`; with no keys here nor in
+    # the keys file, any key is accepted (single-tenant box on loopback).
     api_keys: str | None = None
     # JSON object {api_key: budget in USD}; keys without an entry have no budget.
     key_budgets_usd: dict[str, float] = Field(default_factory=dict)
@@ -36,10 +38,31 @@ class Settings(BaseSettings):
     # Standard Webhooks secret ("whsec_" + base64); unset = generated and kept in the data dir.
     webhook_secret: str | None = None
 
-    fetch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
-    fetch_timeout_s: float = Field(default=20.0, gt=0)
+    fetch_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    fetch_timeout_s: float = Field(default=30.0, gt=0)
+    fetch_connect_timeout_s: float = Field(default=5.0, gt=0)
+    fetch_max_redirects: int = Field(default=3, ge=0)
+    # Comma-separated host names and CIDRs that URL fetches (inputs, webhooks) may reach even though
+    # they are private/loopback, e.g. an internal asset server: "assets.corp,10.20.0.0/16".
+    fetch_allow: str | None = None
     upload_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     max_queued_jobs: int = Field(default=1000, ge=1)
+    # Retry-After (s) sent with 503 when the queue is full.
+    queue_full_retry_after_s: int = Field(default=10, ge=1)
+
+    # Access (server/auth.py): hashed keys written by `retouch keys create`; default <data_dir>/api_keys.json.
+    keys_file: Path | None = None
+    # Serve on a non-loopback address without any API key (only for a trusted network).
+    insecure_no_auth: bool = False
+    # Whole request bodies (JSON with data: URLs, multipart uploads); larger ones get 413 unread.
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    idempotency_ttl_s: float = Field(default=24 * 3600, gt=0)
+    # Test-only fault injection in workers (server/worker.py, FaultHook); never set in production.
+    fault_injection: str | None = None
+    # SIGTERM: a running job gets this long to finish before it is handed back to the queue.
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # Ceiling of the back-off between restarts of a worker that keeps dying young.
+    worker_restart_max_delay_s: float = Field(default=60.0, ge=0)
 
     # "module:callable" taking a Registry; tests swap in a fake to exercise the queue quickly.
     engine_factory: str = "pipelines:EditEngine"
@@ -52,28 +75,59 @@ class Settings(BaseSettings):
     hard_timeout_grace_s: float = Field(default=30.0, ge=0)
     cleanup_interval_s: float = Field(default=60.0, gt=0)
 
+    # Scale-out (docs/deploy.md). Set redis_url and the job store, queue, uploads, profiles and webhook
+    # outbox live in Redis instead of the SQLite file, so several pods can share them.
+    redis_url: str | None = None
+    # Every key starts with "<prefix>:", so several deployments (or test runs) can share one Redis.
+    redis_prefix: str = "retouch"
+    # api: HTTP only (no GPU workers); worker: GPU workers plus health probes; all: both (one machine).
+    role: Literal["all", "api", "worker"] = "all"
+    # Where uploads, inputs and results live; a directory every pod mounts (NFS, shared volume) when
+    # there are several pods. Unset = <data_dir>.
+    files_dir: Path | None = None
+    pod_heartbeat_s: float = Field(default=2.0, gt=0)
+    # A pod not heard from for this long is dead: it is left out of /v1/servers and cannot be pinned.
+    pod_dead_after_s: float = Field(default=15.0, gt=0)
+    # Jobs pinned (server_id) to a pod that stays dead this long fail with SERVER_LOST (retryable).
+    pinned_pod_timeout_s: float = Field(default=600.0, gt=0)
+
     webhook_max_attempts: int = Field(default=10, ge=1)
     webhook_backoff_initial_s: float = Field(default=2.0, gt=0)
     webhook_backoff_max_s: float = Field(default=600.0, gt=0)
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+
+    # Logs: one JSON object per line on stderr (collectors index the fields); "text" for a terminal.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value):
+        return value.upper() if isinstance(value, str) else value
 
     @property
     def base_url(self) -> str:
         return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
-    def accepted_keys(self) -> set[str] | None:
-        if not self.api_keys:
-            return None
-        return {k.strip() for k in self.api_keys.split(",") if k.strip()}
+    def keys_path(self) -> Path:
+        return self.keys_file or self.data_dir / "api_keys.json"
 
     @property
     def db_path(self) -> Path:
         return self.data_dir / "retouch.sqlite3"
 
+    @property
+    def files_root(self) -> Path:
+        return self.files_dir or self.data_dir
+
     def ensure_secrets(self) -> None:
         """Create the data dir and fill unset secrets from files kept there (made on first run)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.redis_url and (self.signing_secret is None or self.webhook_secret is None):
+            from .pods import share_secrets  # several pods: one secret for all of them, kept in Redis
+
+            share_secrets(self)
         if self.signing_secret is None:
             self.signing_secret = _persisted(self.data_dir / "signing_secret", lambda: secrets.token_hex(32))
         if self.webhook_secret is None:

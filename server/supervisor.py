@@ -3,6 +3,7 @@ fails jobs over their time limit, and removes expired files."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -10,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import metrics
 from .files import FileStore
 from .settings import Settings
 from .store import JobStore
@@ -17,8 +19,8 @@ from .worker import worker_main
 
 log = logging.getLogger("retouch.supervisor")
 
-# A worker is restarted at once the first time; one that keeps dying is restarted ever slower.
-MAX_RESTART_DELAY_S = 60.0
+# A worker is restarted at once the first time; one that keeps dying is restarted ever slower
+# (up to settings.worker_restart_max_delay_s).
 
 
 class _Slot:
@@ -26,6 +28,8 @@ class _Slot:
         self.index = index
         self.worker_id = worker_id
         self.process: multiprocessing.Process | None = None
+        # write end of this worker's wake-up pipe (non-blocking: a dead or busy worker never blocks us)
+        self.wake_writer = None
         self.started_at = 0.0
         self.restart_delay = 0.0
         self.restart_at = 0.0
@@ -37,16 +41,27 @@ class Supervisor:
         self.store = store
         self.files = files
         self.job_timeout_s = job_timeout_s
-        self.slots = [_Slot(i, f"{settings.server_id}-w{i}") for i in range(settings.workers)]
+        # An API pod (role api) runs no GPU workers, only the housekeeping below.
+        count = 0 if settings.role == "api" else settings.workers
+        self.slots = [_Slot(i, f"{settings.server_id}-w{i}") for i in range(count)]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="supervisor")
         self._context = multiprocessing.get_context("spawn")
         self._next_cleanup = 0.0
+        # SIGTERM to the server: no worker takes a new job, none is restarted, /readyz answers 503.
+        self.draining = False
 
     def start(self) -> None:
         for slot in self.slots:
             self._spawn(slot)
         self._thread.start()
+
+    def drain(self) -> None:
+        """Stop taking jobs: each worker finishes its job within the grace period or hands it back."""
+        self.draining = True
+        for slot in self.slots:
+            if slot.process is not None and slot.process.is_alive():
+                slot.process.terminate()
 
     def stop(self) -> None:
         self._stop.set()
@@ -56,22 +71,43 @@ class Supervisor:
                 slot.process.terminate()
         for slot in self.slots:
             if slot.process is not None:
-                slot.process.join(timeout=10)
+                slot.process.join(timeout=self.settings.shutdown_grace_s + 5)
                 if slot.process.is_alive():
                     slot.process.kill()
                 self.store.release_worker(slot.worker_id)
+                metrics.mark_worker_dead(slot.process.pid)
 
     def alive(self) -> int:
         return sum(1 for s in self.slots if s.process is not None and s.process.is_alive())
 
+    def wake(self) -> None:
+        """Tell idle workers a job was queued, so they claim it now rather than at their next poll.
+
+        A byte down a pipe rather than a multiprocessing.Event: Event.set() waits for sleeping
+        processes to acknowledge and hangs forever once one of them was killed.
+        """
+        for slot in self.slots:
+            writer = slot.wake_writer
+            if writer is None:
+                continue
+            # Full (the worker is busy and polls when done) or gone (restarted with a new pipe): fine.
+            with contextlib.suppress(OSError):
+                writer.send_bytes(b"!")  # 5 bytes: below PIPE_BUF, so written whole or not at all
+
     def _spawn(self, slot: _Slot) -> None:
+        reader, writer = self._context.Pipe(duplex=False)
+        os.set_blocking(writer.fileno(), False)
+        if slot.wake_writer is not None:
+            slot.wake_writer.close()
+        slot.wake_writer = writer
         slot.process = self._context.Process(
             target=worker_main,
-            args=(self.settings.model_dump_json(), slot.worker_id, slot.index, os.getpid()),
+            args=(self.settings.model_dump_json(), slot.worker_id, slot.index, os.getpid(), reader),
             name=slot.worker_id,
             daemon=True,
         )
         slot.process.start()
+        reader.close()  # the child holds its own copy
         slot.started_at = time.monotonic()
         log.info("started worker %s (pid %s)", slot.worker_id, slot.process.pid)
 
@@ -89,13 +125,16 @@ class Supervisor:
             if process is not None and not process.is_alive():
                 log.warning("worker %s exited with code %s", slot.worker_id, process.exitcode)
                 self.store.release_worker(slot.worker_id)
+                metrics.mark_worker_dead(process.pid)
                 short_lived = now - slot.started_at < 30
                 slot.restart_delay = (
-                    min(max(slot.restart_delay * 2, 1.0), MAX_RESTART_DELAY_S) if short_lived else 0
+                    min(max(slot.restart_delay * 2, 1.0), self.settings.worker_restart_max_delay_s)
+                    if short_lived
+                    else 0
                 )
                 slot.restart_at = now + slot.restart_delay
                 slot.process = None
-            if slot.process is None and now >= slot.restart_at and not self._stop.is_set():
+            if slot.process is None and now >= slot.restart_at and not (self._stop.is_set() or self.draining):
                 self._spawn(slot)
         for job_id, worker_id in self.store.overdue(self.job_timeout_s + self.settings.hard_timeout_grace_s):
             self.store.fail(job_id, "JOB_TIMEOUT", f"the job ran longer than {self.job_timeout_s:g} s", True)

@@ -19,6 +19,9 @@ import httpx
 import tenacity
 from standardwebhooks import Webhook
 
+from . import metrics
+from .errors import ServiceError
+from .fetch import FetchPolicy, safe_post
 from .store import JobStore, WebhookDelivery
 
 log = logging.getLogger("retouch.webhooks")
@@ -31,10 +34,12 @@ class WebhookSender:
         self.settings = settings
         self.render_status = render_status
         self.signer = Webhook(settings.webhook_secret)
-        self._backoff = tenacity.wait_exponential_jitter(
-            multiplier=settings.webhook_backoff_initial_s,
-            max=settings.webhook_backoff_max_s,
-            jitter=settings.webhook_backoff_initial_s,
+        # Receivers are client-named URLs: the same SSRF checks (and allowlist) as input fetches.
+        self.policy = FetchPolicy.from_settings(settings)
+        # "Full jitter": uniform in [0, min(cap, initial * 2^n)]. wait_exponential_jitter caps after
+        # adding its jitter, so once at the cap every receiver's retries would fall in lockstep.
+        self._backoff = tenacity.wait_random_exponential(
+            multiplier=settings.webhook_backoff_initial_s, max=settings.webhook_backoff_max_s
         )
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook")
         self._in_flight: set[str] = set()
@@ -88,25 +93,48 @@ class WebhookSender:
             "webhook-signature": self.signer.sign(delivery.id, timestamp, payload),
             "user-agent": "retouch-webhooks/1",
         }
+        stop, retry_after = False, 0.0
         try:
-            resp = httpx.post(
-                delivery.url, content=payload, headers=headers, timeout=self.settings.webhook_timeout_s
+            resp = safe_post(
+                delivery.url,
+                content=payload,
+                headers=headers,
+                timeout_s=self.settings.webhook_timeout_s,
+                policy=self.policy,
             )
             if 200 <= resp.status_code < 300:
                 self.store.delivery_done(delivery.id)
+                metrics.record_webhook("delivered")
+                log.info(
+                    "webhook delivered",
+                    extra={
+                        "job_id": delivery.job_id,
+                        "webhook_id": delivery.id,
+                        "attempt": delivery.attempts + 1,
+                    },
+                )
                 return True
             error = f"HTTP {resp.status_code}"
+            # 410 Gone: the receiver says this endpoint is gone for good (Standard Webhooks).
+            stop = resp.status_code == 410
+            header = resp.headers.get("retry-after", "")
+            retry_after = float(header) if header.isdigit() else 0.0
         except httpx.HTTPError as exc:
             error = type(exc).__name__
+        except ServiceError as exc:  # a blocked address does not become allowed by waiting
+            error, stop = exc.message, True
         attempt = delivery.attempts + 1
-        give_up = attempt >= self.settings.webhook_max_attempts
-        next_at = None if give_up else time.time() + self.next_delay(attempt)
+        give_up = stop or attempt >= self.settings.webhook_max_attempts
+        delay = max(self.next_delay(attempt), min(retry_after, self.settings.webhook_backoff_max_s))
+        next_at = None if give_up else time.time() + delay
         log.warning(
             "webhook %s attempt %d failed (%s)%s",
             delivery.id,
             attempt,
             error,
             "; giving up" if give_up else "",
+            extra={"job_id": delivery.job_id},
         )
+        metrics.record_webhook("gave_up" if give_up else "failed")
         self.store.delivery_failed(delivery.id, error, next_at)
         return False

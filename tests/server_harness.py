@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
+import requests
 from PIL import Image
 
 WEIGHTS_YAML = """
@@ -44,6 +50,8 @@ limits:
 """
 
 BASE_URL = "http://retouch.test"
+# What the test harness opens in the SSRF allowlist: loopback only (RETOUCH_FETCH_ALLOW in subprocesses).
+TEST_FETCH_ALLOW = "127.0.0.1/32"
 
 
 def write_weights(folder: Path) -> Path:
@@ -67,6 +75,10 @@ def make_settings(tmp: Path, **overrides):
         webhook_backoff_initial_s=0.1,
         webhook_backoff_max_s=0.5,
         cleanup_interval_s=3600,
+        # Test servers (pictures, webhook receivers) listen on loopback, which fetches refuse by default.
+        fetch_allow=TEST_FETCH_ALLOW,
+        # A server closed while a job runs lets it finish or hands it back within this (SIGTERM path).
+        shutdown_grace_s=2.0,
     )
     values.update(overrides)
     return Settings(**values)
@@ -128,3 +140,60 @@ class AsgiServer:
         self._call(self._lifespan.__aexit__(None, None, None))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """A real ``retouch serve`` subprocess on tiny weights (official clients talk to it over TCP)."""
+
+    def __init__(self, weights: Path, data_dir: Path, port: int, workers: int = 1):
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--weights",
+            str(weights),
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--workers",
+            str(workers),
+            "--server-id",
+            "e2e",
+        ]
+        self.log = open(data_dir.parent / f"serve-{port}-{time.time_ns()}.log", "w")  # noqa: SIM115
+        env = dict(os.environ, HF_HUB_OFFLINE="1", RETOUCH_FETCH_ALLOW="127.0.0.1/32")  # local receivers
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def wait(self, path: str = "/readyz", timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"server exited: {Path(self.log.name).read_text()[-3000:]}"
+            try:
+                if requests.get(self.base_url + path, timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"server not up on {path}: {Path(self.log.name).read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import io
-import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,62 +16,11 @@ from imagepipeline.exceptions import APIError
 from PIL import Image
 from standardwebhooks import Webhook
 
-from tests.server_harness import png_bytes
+from tests.server_harness import ServeProcess, png_bytes
+from tests.server_harness import free_port as _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EDIT = "edit/image/v1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServeProcess:
-    def __init__(self, weights: Path, data_dir: Path, port: int, workers: int = 1):
-        self.port = port
-        self.base_url = f"http://127.0.0.1:{port}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--weights",
-            str(weights),
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            "--workers",
-            str(workers),
-            "--server-id",
-            "e2e",
-        ]
-        self.log = open(data_dir.parent / f"serve-{port}-{time.time_ns()}.log", "w")  # noqa: SIM115
-        env = dict(os.environ, HF_HUB_OFFLINE="1")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-
-    def wait(self, path: str = "/readyz", timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited: {Path(self.log.name).read_text()[-3000:]}"
-            try:
-                if requests.get(self.base_url + path, timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"server not up on {path}: {Path(self.log.name).read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")

@@ -300,7 +300,7 @@ def test_server_api_keys_budget_and_queue_limit(tmp_path):
         full = srv.post(
             "/edit/image/v1", json={"prompt": "x", "input_image": img}, headers={"X-API-Key": "good"}
         )
-        _assert_error(full, 429, "QUEUE_FULL")
+        _assert_error(full, 503, "QUEUE_FULL")  # issue 5: a full queue is 503
         assert int(full.headers["Retry-After"]) > 0
         cancel = srv.post(f"/edit/image/v1/cancel/{ok.json()['job_id']}", headers={"X-API-Key": "good"})
         assert cancel.json()["status"] == "cancelled"

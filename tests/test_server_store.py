@@ -10,11 +10,32 @@ from server import signing
 from server.errors import ServiceError
 from server.jobs import EditJob, InputRef, JobMeta, JobStatus, Progress, ResultFile
 from server.store import SQLiteStore, Upload
+from tests.redis_server import delete_prefix, redis_url, unique_prefix  # noqa: F401 (fixture)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request, tmp_path):
+    """Builds the store under test; every test here runs against SQLite and against Redis."""
+    made = []
+
+    def make(**kwargs):
+        kwargs = {"result_ttl_s": 3600, "default_job_seconds": 10, "workers": 1, **kwargs}
+        if request.param == "sqlite":
+            return SQLiteStore(tmp_path / f"db{len(made)}.sqlite3", **kwargs)
+        from server.store.redis_store import RedisStore
+
+        prefix = unique_prefix()
+        made.append(prefix)
+        return RedisStore(request.getfixturevalue("redis_url"), prefix=prefix, **kwargs)
+
+    yield make
+    for prefix in made:
+        delete_prefix(request.getfixturevalue("redis_url"), prefix)
 
 
 @pytest.fixture
-def store(tmp_path):
-    return SQLiteStore(tmp_path / "db.sqlite3", result_ttl_s=3600, default_job_seconds=10, workers=1)
+def store(make_store):
+    return make_store()
 
 
 def _add(store, job_id="job_1", callback=None, max_queued=100):
@@ -59,7 +80,7 @@ def test_server_store_queue_limit(store):
     _add(store, "job_a", max_queued=1)
     with pytest.raises(ServiceError) as err:
         _add(store, "job_b", max_queued=1)
-    assert err.value.code == "QUEUE_FULL" and err.value.http_status == 429
+    assert err.value.code == "QUEUE_FULL" and err.value.http_status == 503
 
 
 def test_server_store_expired_lease_requeues_then_gives_up(store):
@@ -128,8 +149,8 @@ def test_server_store_overdue_and_release(store):
     assert store.requeue_expired(3) == ["job_1"]
 
 
-def test_server_store_ttl_expiry(tmp_path):
-    store = SQLiteStore(tmp_path / "db", result_ttl_s=0.01)
+def test_server_store_ttl_expiry(make_store):
+    store = make_store(result_ttl_s=0.01)
     _add(store)
     store.claim("w", 10)
     store.complete("job_1", [_result()], 1, 1.0, [])

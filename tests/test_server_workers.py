@@ -47,6 +47,28 @@ def test_server_worker_crash_is_survived(tmp_path):
         srv.close()
 
 
+def test_server_idle_worker_killed_does_not_block_submissions(tmp_path):
+    import os
+    import signal
+    import time
+
+    srv = AsgiServer(make_settings(tmp_path))
+    try:
+        srv.wait_ready()
+        assert srv.wait_status(_submit(srv, "first"))["status"] == "completed"
+        # an idle worker killed outright (OOM killer, kill -9) while it waits for work
+        os.kill(srv.app.state.supervisor.slots[0].process.pid, signal.SIGKILL)
+        time.sleep(0.3)
+        started = time.monotonic()
+        job = _submit(srv, "after the kill")  # the API still answers at once...
+        assert time.monotonic() - started < 5
+        assert (
+            srv.wait_status(job, timeout=40)["status"] == "completed"
+        )  # ...and the restarted worker runs it
+    finally:
+        srv.close()
+
+
 def test_server_hung_job_times_out(tmp_path):
     settings = make_settings(tmp_path, hard_timeout_grace_s=0.5)
     settings.weights = str(tmp_path / "weights.yaml")

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..jobs import EditJob, JobMeta, JobRecord, JobStatus, Progress, ResultFile
+from .sqlite_limits import LIMITS_SCHEMA, LimitTables
 from .sqlite_tables import SideTables
 
 _SCHEMA = """
@@ -30,6 +31,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_kind ON jobs (kind, status, finished_at);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at);
 CREATE TABLE IF NOT EXISTS uploads (
   id TEXT PRIMARY KEY, owner TEXT NOT NULL, filename TEXT NOT NULL, content_type TEXT NOT NULL,
   size_bytes INTEGER NOT NULL, path TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL
@@ -51,7 +53,7 @@ _TERMINAL = tuple(s.value for s in JobStatus if s.is_terminal())
 _ETA_SAMPLES = 20
 
 
-class SQLiteStore(SideTables):
+class SQLiteStore(SideTables, LimitTables):
     def __init__(
         self, path: Path, *, result_ttl_s: float = 86400, default_job_seconds: float = 30, workers: int = 1
     ):
@@ -61,7 +63,7 @@ class SQLiteStore(SideTables):
         self.workers = max(workers, 1)
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db().executescript(_SCHEMA)  # executescript manages its own transaction
+        self._db().executescript(_SCHEMA + LIMITS_SCHEMA)  # executescript manages its own transaction
 
     # -- plumbing ----------------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
@@ -158,6 +160,16 @@ class SQLiteStore(SideTables):
             elapsed = time.time() - (row["claimed_at"] or time.time())
             rec.estimated_seconds = max(avg - elapsed, 1.0)
         return rec
+
+    def list_jobs(self, owner: str, *, contract: str | None = None, limit: int = 50) -> list[JobRecord]:
+        """An owner's most recent jobs, newest first (optionally only those one contract created)."""
+        sql = "SELECT * FROM jobs WHERE owner=?"
+        args: list = [owner]
+        if contract is not None:
+            sql += " AND json_extract(meta, '$.contract')=?"
+            args.append(contract)
+        rows = self._db().execute(sql + " ORDER BY created_at DESC LIMIT ?", (*args, limit)).fetchall()
+        return [self._record(row) for row in rows]
 
     def _average_seconds(self, kind: str) -> float:
         rows = (

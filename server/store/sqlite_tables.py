@@ -30,6 +30,24 @@ class SideTables:
         )
         return [r["id"] for r in rows]
 
+    # -- metrics -----------------------------------------------------------------------------
+    def metrics_snapshot(self) -> dict:
+        """Counts for ``GET /metrics``: queue depth, jobs by state and contract, workers, outbox."""
+        db = self._db()
+        (queued,) = db.execute("SELECT count(*) FROM jobs WHERE status='queued'").fetchone()
+        jobs = db.execute(
+            "SELECT status, json_extract(meta, '$.contract') AS contract, count(*) AS n FROM jobs"
+            " GROUP BY status, contract"
+        ).fetchall()
+        workers = db.execute("SELECT id, state, heartbeat_at FROM workers ORDER BY id").fetchall()
+        outbox = db.execute("SELECT state, count(*) AS n FROM webhook_deliveries GROUP BY state").fetchall()
+        return {
+            "queues": {"local": queued},  # one machine, one queue
+            "jobs": {(r["status"], r["contract"] or "unknown"): r["n"] for r in jobs},
+            "workers": [dict(r) for r in workers],
+            "webhooks": {r["state"]: r["n"] for r in outbox},
+        }
+
     # -- uploads and profiles ----------------------------------------------------------------
     def add_upload(self, upload: Upload) -> None:
         with self._tx() as db:

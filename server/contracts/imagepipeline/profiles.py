@@ -1,25 +1,23 @@
 """Identity profiles: defaults and a prompt template applied to edit requests that name them.
 
-Templates come from API users, so they are rendered in Jinja2's immutable sandbox: no attribute
-tricks, no mutation, and only ``user_prompt`` in scope.
+Templates come from API users, so they are rendered by server/safe_templates.py: Jinja2's immutable
+sandbox plus a parse-time allowlist (no loops, macros, includes or arithmetic), only ``user_prompt``
+in scope.
 """
 
 from __future__ import annotations
 
-from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
+from ... import safe_templates
 from ...errors import ServiceError
 from .protocol import EditRequest
 
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 _SAMPLE_PROMPT = "make the sky blue"
 
 
 def render_template(template: str, user_prompt: str) -> str:
     try:
-        return _ENV.from_string(template).render(user_prompt=user_prompt).strip()
-    except TemplateError as exc:
+        return safe_templates.render(template, user_prompt=user_prompt)
+    except safe_templates.TemplateRefused as exc:
         raise ServiceError(
             "INVALID_PARAMETERS", f"prompt_template cannot be rendered: {exc}", field="prompt_template"
         ) from None

@@ -32,6 +32,9 @@ class EditRequest(BaseModel):
     palette: list[str] | None = None
     negative_prompt: str | None = None
     mask_segment: str | None = None
+    # Retouch extension (the hosted API only has mask_segment): URL of a mask picture the size of
+    # the first input, white = edit, black = keep. The web playground sends the mask painted on it.
+    mask_image: str | None = None
     mask_feather_px: int | None = Field(default=None, ge=0, le=64)
     profile_id: str | None = None
     callback_url: str | None = None

@@ -6,7 +6,7 @@ import time
 
 from fastapi.responses import JSONResponse
 
-from ...core import Core, new_id
+from ...core import Core, NamedInput, new_id
 from ...errors import ServiceError
 from ...jobs import JobMeta, JobRecord, JobStatus
 from ...store import Profile
@@ -59,12 +59,7 @@ class ImagePipelineService:
 
     # -- edits -------------------------------------------------------------------------------
     def submit(self, req: EditRequest, owner: str) -> SubmitResponse:
-        if req.server_id is not None and req.server_id != self.core.settings.server_id:
-            raise ServiceError(
-                "WRONG_SERVER",
-                f"server_id {req.server_id!r} is not this server ({self.core.settings.server_id!r})",
-                field="server_id",
-            )
+        self.core.check_server_id(req.server_id)  # a pinned pod must exist and be alive (server/pods.py)
         if req.mask_segment is not None:
             raise ServiceError(
                 "UNSUPPORTED_PARAMETER",
@@ -108,9 +103,14 @@ class ImagePipelineService:
         if req.mask_feather_px is not None:
             params["mask_feather_px"] = req.mask_feather_px
         meta = JobMeta(
-            contract=CONTRACT, owner=owner, callback_url=req.callback_url, profile_id=req.profile_id
+            contract=CONTRACT,
+            owner=owner,
+            callback_url=req.callback_url,
+            profile_id=req.profile_id,
+            server_id=req.server_id,
         )
-        record = self.core.submit(params, images, meta, image_field="input_image")
+        mask = NamedInput(req.mask_image, "mask_image") if req.mask_image is not None else None
+        record = self.core.submit(params, images, meta, image_field="input_image", mask=mask)
         return SubmitResponse(
             job_id=record.id,
             estimated_time_seconds=round(record.estimated_seconds or self.core.estimate_new(record.job)),
@@ -157,7 +157,8 @@ class ImagePipelineService:
             seed=record.seed,
             cost_usd=self.core.cost_usd(record),
             balance_remaining_usd=self.core.balance(record.meta.owner),
-            server_id=self.core.settings.server_id,
+            # the pod that ran (or is pinned to run) the job; this server when it cannot tell
+            server_id=record.ran_on or record.meta.server_id or self.core.settings.server_id,
         )
 
     # -- uploads -----------------------------------------------------------------------------

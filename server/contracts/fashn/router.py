@@ -1,0 +1,43 @@
+"""Thin FastAPI router of the FASHN contract: parse, authenticate, call the service."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Header
+from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
+
+from ...core import Core
+from ..common import route_class
+from .protocol import ErrorBody, RunRequest, RunResponse, StatusResponse
+from .service import FashnService, render_error
+
+_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 429, 500)}
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def build_router(core: Core) -> APIRouter:
+    service = FashnService(core)
+    router = APIRouter(route_class=route_class(render_error), tags=["fashn"], responses=_ERRORS)
+
+    def owner(
+        authorization: str | None = Header(default=None), x_api_key: str | None = Header(default=None)
+    ) -> str:
+        # The FASHN client sends a Bearer token; X-API-Key works too, as on the other contracts.
+        return core.authenticate(bearer_key(authorization) or x_api_key)
+
+    @router.post("/v1/run", response_model=RunResponse)
+    def run(req: RunRequest, who: str = Depends(owner)) -> RunResponse:
+        return service.submit(req, who)
+
+    @router.get("/v1/status/{prediction_id}", response_model=StatusResponse)
+    def status(prediction_id: str, who: str = Depends(owner)) -> JSONResponse:
+        body, after_send = service.status(prediction_id, who)
+        return JSONResponse(
+            body.model_dump(), background=BackgroundTask(after_send) if after_send is not None else None
+        )
+
+    return router

@@ -1,0 +1,118 @@
+"""One ``EditRequest`` from either body the endpoint accepts: JSON (IG1, current OpenAI) or multipart.
+
+The ``openai`` client's ``images.edit`` sends multipart: one ``image`` file or several ``image[]``
+files, an optional ``mask`` file, and every other field as text ("2", "true"); pydantic's lax mode
+reads those. Files become data: URLs so both bodies reach the core the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from ...errors import ServiceError
+from .protocol import EditRequest, ImageRef
+
+IMAGE_FIELDS = ("image", "image[]")
+_MIME_BY_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"RIFF", "image/webp"))
+
+
+def _invalid(message: str, param: str | None) -> ServiceError:
+    return ServiceError("INVALID_PARAMETERS", message, field=param)
+
+
+def param_name(loc) -> str | None:
+    """OpenAI's way of naming a nested field: ``images[0].image_url``."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or None
+
+
+def _check_refs(req: EditRequest) -> EditRequest:
+    refs = [(f"images[{i}]", ref) for i, ref in enumerate(req.images)]
+    if isinstance(req.mask, ImageRef):
+        refs.append(("mask", req.mask))
+    for name, ref in refs:
+        if ref.file_id is not None:
+            raise ServiceError(
+                "UNSUPPORTED_PARAMETER",
+                f"{name}.file_id is not supported here: send image_url (a data: or http(s) URL)",
+                field=f"{name}.file_id",
+            )
+        if not ref.image_url:
+            raise _invalid(f"{name}.image_url is required", f"{name}.image_url")
+    return req
+
+
+def _validation_error(exc: ValidationError) -> ServiceError:
+    err = exc.errors()[0]
+    param = param_name(err.get("loc", ()))
+    if err.get("type") == "extra_forbidden":
+        return _invalid(f"Unrecognized request argument supplied: {param}", param)
+    return _invalid(f"{param}: {err.get('msg', 'invalid value')}" if param else err.get("msg", ""), param)
+
+
+async def _data_url(upload: UploadFile) -> str:
+    data = await upload.read()
+    mime = next((m for magic, m in _MIME_BY_MAGIC if data.startswith(magic)), None)
+    mime = mime or upload.content_type or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+async def _from_multipart(request: Request) -> EditRequest:
+    try:
+        form = await request.form()
+    except ServiceError:  # e.g. the body grew over the request size limit while being read
+        raise
+    except Exception:
+        raise _invalid("the multipart body could not be parsed", None) from None
+    fields: dict = {}
+    images: list[ImageRef] = []
+    for key, value in form.multi_items():
+        if key in IMAGE_FIELDS:
+            if not isinstance(value, UploadFile):
+                raise _invalid(f"{key} must be a file", "image")
+            images.append(ImageRef(image_url=await _data_url(value)))
+        elif key == "mask":
+            fields["mask"] = await _data_url(value) if isinstance(value, UploadFile) else value
+        elif isinstance(value, UploadFile):
+            raise _invalid(f"Unrecognized file field supplied: {key}", key)
+        elif key in fields:
+            raise _invalid(f"{key} was sent more than once", key)
+        elif value != "":  # the client sends an explicit None as an empty field
+            fields[key] = value
+    if not images:
+        raise _invalid("image is required: send one image file (or several as image[])", "image")
+    if "images" in fields:
+        raise _invalid("send pictures as image/image[] files in a multipart body", "images")
+    try:
+        return _check_refs(EditRequest.model_validate(fields | {"images": images}))
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+
+
+async def parse_edit_request(request: Request) -> tuple[EditRequest, str]:
+    """The request and the field name its pictures came in (for error messages)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        return await _from_multipart(request), "image"
+    if content_type and not content_type.startswith("application/json"):
+        raise _invalid("send the request as application/json or multipart/form-data", None)
+    try:
+        body = json.loads(await request.body() or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise _invalid("the request body is not valid JSON", None) from None
+    if not isinstance(body, dict):
+        raise _invalid("the request body must be a JSON object", None)
+    try:
+        req = EditRequest.model_validate(body)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+    if not req.images:
+        raise _invalid("images is required: a list of {image_url} objects (data: or http(s) URLs)", "images")
+    return _check_refs(req), "images"

@@ -1,0 +1,214 @@
+"""Pods of a multi-pod deployment (docs/deploy.md): registration, heartbeats, pinning, /v1/servers.
+
+Every pod registers itself in the shared store (server_id, role, GPUs, the models and LoRAs it
+holds, live worker processes) and refreshes that every ``pod_heartbeat_s``. API pods use the
+registry to accept or refuse ``server_id`` at submit time, and every pod sweeps jobs pinned to a pod
+that has been silent past ``pinned_pod_timeout_s``: they fail with SERVER_LOST (retryable) instead
+of waiting forever. On one machine (SQLite) the registry is just this server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+
+from fastapi import APIRouter, Header
+
+from .errors import ServiceError
+from .settings import Settings
+
+log = logging.getLogger("retouch.pods")
+
+# How often (in heartbeats) a pod looks for jobs pinned to dead pods; the sweep is idempotent.
+_SWEEP_EVERY = 5
+
+
+def detect_gpus() -> list[dict]:
+    """GPUs this pod sees, without importing torch (the server never does): ``nvidia-smi``."""
+    binary = shutil.which("nvidia-smi")
+    if binary is None:
+        return []
+    try:
+        out = subprocess.run(
+            [binary, "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    allowed = set(visible.split(",")) if visible else None
+    gpus = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3 and (allowed is None or parts[0] in allowed):
+            gpus.append({"index": int(parts[0]), "name": parts[1], "memory_mib": int(float(parts[2]))})
+    return gpus
+
+
+def held_models(registry) -> list[str]:
+    return sorted(registry.models)
+
+
+def share_secrets(settings: Settings) -> None:
+    """Unset signing/webhook secrets come from Redis, so every pod signs and verifies alike."""
+    from .store.redis_store import RedisStore
+
+    store = RedisStore(settings.redis_url, prefix=settings.redis_prefix)
+    try:
+        if settings.signing_secret is None:
+            settings.signing_secret = store.shared_secret("signing", lambda: secrets.token_hex(32))
+        if settings.webhook_secret is None:
+            import base64
+
+            settings.webhook_secret = store.shared_secret(
+                "webhook", lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+            )
+    finally:
+        store.close()
+
+
+class PodAgent:
+    """This pod's entry in the registry, kept fresh by a thread; also runs the pinned-job sweep."""
+
+    def __init__(self, settings: Settings, store, registry, supervisor):
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.supervisor = supervisor
+        self.shared = hasattr(store, "pod_heartbeat")  # only the Redis store is shared between pods
+        self._gpus: list[dict] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="pod-heartbeat")
+
+    def info(self) -> dict:
+        if self._gpus is None:
+            self._gpus = detect_gpus() if self.settings.role != "api" else []
+        models = held_models(self.registry) if self.settings.role != "api" else []
+        loras = {m: sorted(self.registry.models[m].loras) for m in models}
+        return {
+            "server_id": self.settings.server_id,
+            "role": self.settings.role,
+            "state": "draining" if getattr(self.supervisor, "draining", False) else "running",
+            "base_url": self.settings.base_url,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "gpus": self._gpus,
+            "models": models,
+            "loras": loras,
+            "workers": len(self.supervisor.slots),
+            "workers_alive": self.supervisor.alive(),
+        }
+
+    def start(self) -> None:
+        if self.shared:
+            self.beat()
+            self._thread.start()
+
+    def stop(self) -> None:
+        if not self.shared:
+            return
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.store.pod_stopped(self.settings.server_id)
+        except Exception:
+            log.warning("could not mark this pod stopped", exc_info=True)
+
+    def beat(self) -> None:
+        self.store.pod_heartbeat(self.info())
+
+    def _loop(self) -> None:
+        beats = 0
+        while not self._stop.wait(self.settings.pod_heartbeat_s):
+            try:
+                self.beat()
+                beats += 1
+                if beats % _SWEEP_EVERY == 0:
+                    self.sweep_orphaned_pins()
+            except Exception:
+                log.exception("pod heartbeat failed")
+
+    # -- who is alive ------------------------------------------------------------------------
+    def is_live(self, pod: dict) -> bool:
+        return pod.get("state") != "stopped" and pod["age_s"] <= self.settings.pod_dead_after_s
+
+    def live_pods(self) -> list[dict]:
+        if not self.shared:
+            return [{**self.info(), "age_s": 0.0}]
+        return [p for p in self.store.pods() if self.is_live(p)]
+
+    def check_server_id(self, server_id: str | None) -> None:
+        """Refuse at once a job pinned to a pod that does not exist, is dead, or runs no workers."""
+        if server_id is None:
+            return
+        if not self.shared:
+            if server_id != self.settings.server_id:
+                raise ServiceError(
+                    "WRONG_SERVER",
+                    f"server_id {server_id!r} is not this server ({self.settings.server_id!r})",
+                    field="server_id",
+                )
+            return
+        pod = self.store.get_pod(server_id)
+        if pod is None:
+            raise ServiceError(
+                "WRONG_SERVER", f"server_id {server_id!r} is not a known pod", field="server_id"
+            )
+        if not self.is_live(pod) or pod.get("role") == "api" or not pod.get("workers_alive"):
+            raise ServiceError(
+                "WRONG_SERVER",
+                f"server_id {server_id!r} is not running GPU workers now"
+                f" (last heard from {pod['age_s']:.0f} s ago)",
+                field="server_id",
+            )
+
+    def sweep_orphaned_pins(self) -> list[str]:
+        """Fail jobs pinned to pods silent for ``pinned_pod_timeout_s``; returns their ids."""
+        failed = []
+        pods = {p["server_id"]: p for p in self.store.pods()}
+        for queue in self.store.queues():
+            if not queue.startswith("pod:"):
+                continue
+            server_id = queue.removeprefix("pod:")
+            pod = pods.get(server_id)
+            if pod is not None and pod["age_s"] < self.settings.pinned_pod_timeout_s:
+                continue
+            waiting = self.store.queued_jobs(queue) + self.store.processing_jobs(queue)
+            for job_id in waiting:
+                record = self.store.get_job(job_id)
+                if record is None or record.status.is_terminal():
+                    continue
+                message = (
+                    f"the pod {server_id!r} this job is pinned to has been unreachable for over"
+                    f" {self.settings.pinned_pod_timeout_s:g} s; submit it again (to another pod or unpinned)"
+                )
+                if self.store.fail(job_id, "SERVER_LOST", message, True):
+                    failed.append(job_id)
+                    log.warning("pinned job failed: its pod is gone", extra={"job_id": job_id})
+        return failed
+
+
+def build_servers_router(core, pods: PodAgent) -> APIRouter:
+    router = APIRouter(tags=["admin"])
+
+    @router.get("/v1/servers")
+    def list_servers(x_api_key: str | None = Header(default=None)) -> dict:
+        """Live pods: server_id, role, GPUs, models and LoRAs held, workers, heartbeat age. Scope admin."""
+        core.authenticate(x_api_key, scope="admin")
+        servers = [
+            {
+                **{k: v for k, v in p.items() if k not in ("heartbeat_at", "pid")},
+                "age_s": round(p["age_s"], 3),
+            }
+            for p in pods.live_pods()
+        ]
+        return {"servers": servers, "total": len(servers)}
+
+    return router

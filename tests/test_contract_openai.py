@@ -1,0 +1,503 @@
+"""OpenAI-compatible / IG1 contract: ``POST /v1/images/edits`` and ``GET /v1/models``.
+
+Two servers: the official ``openai`` client and IG1's JSON example against a real ``retouch serve``
+on tiny weights, and in-process ASGI requests (fake engine) for every error case in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import yaml
+from openai import OpenAI
+from PIL import Image
+
+from tests.conftest import encode, make_photo
+from tests.server_harness import WEIGHTS_YAML, AsgiServer, ServeProcess, make_settings, png_bytes
+from tests.server_harness import free_port as _free_port
+
+KEY = "sk-test-openai"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+EDITS = "/v1/images/edits"
+
+# The fake-engine registry plus the two tables this contract reads.
+OPENAI_WEIGHTS_YAML = (
+    WEIGHTS_YAML
+    + """
+qualities:
+  low: {lightning_steps: 8}
+  auto: {lightning_steps: 8}
+  high: {steps: 4}
+public_models:
+  qwen-image-edit: {model: edit}
+  qwen-image-edit-pe: {model: edit, enhance_prompt: true}
+"""
+)
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def decode_b64(b64: str) -> Image.Image:
+    img = Image.open(io.BytesIO(base64.b64decode(b64)))
+    img.load()
+    return img
+
+
+def rgba_mask(width: int, height: int, hole: tuple[int, int, int, int]) -> bytes:
+    """Opaque everywhere except ``hole`` (transparent = the area to edit, OpenAI's convention)."""
+    mask = Image.new("RGBA", (width, height), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), hole)
+    buf = io.BytesIO()
+    mask.save(buf, "PNG")
+    return buf.getvalue()
+
+
+class PictureHost:
+    """Serves one PNG over http on loopback, for the ``image_url: http://...`` case."""
+
+    def __init__(self, data: bytes):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/photo.png"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+# --------------------------------------------------------------------------------------------
+# In-process ASGI, fake engine: request parsing and every error case
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def asgi(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("openai-asgi")
+    weights = tmp / "openai-weights.yaml"
+    weights.write_text(OPENAI_WEIGHTS_YAML)
+    srv = AsgiServer(make_settings(tmp, weights=str(weights), api_keys=KEY))
+    srv.wait_ready()
+    yield srv
+    srv.close()
+
+
+def _post(asgi, headers=AUTH, **kwargs):
+    return asgi.post(EDITS, headers=headers, **kwargs)
+
+
+def _json_edit(**fields):
+    body = {
+        "model": "qwen-image-edit",
+        "prompt": "make it blue",
+        "images": [{"image_url": data_url(png_bytes())}],
+    }
+    body.update(fields)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def assert_openai_error(resp, status: int, code: str, param: str | None = None, kind=None):
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    err = body["error"]
+    assert err["code"] == code, err
+    assert err["type"] == (kind or ("server_error" if status >= 500 else "invalid_request_error"))
+    if param is not None:
+        assert err["param"] == param, err
+    assert err["message"] and "Traceback" not in resp.text and "/tmp" not in resp.text
+    return err
+
+
+def test_openai_asgi_json_edit_answers_in_openai_shape(asgi):
+    r = _post(asgi, json=_json_edit(size="32x24", output_format="jpeg", quality="high"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) >= {"created", "data", "usage", "output_format", "quality", "size"}
+    assert body["output_format"] == "jpeg" and body["quality"] == "high" and body["size"] == "32x24"
+    assert decode_b64(body["data"][0]["b64_json"]).format == "JPEG"
+    assert body["usage"]["output_tokens"] == 2 * 2 and body["usage"]["total_tokens"] == 4
+    assert r.headers["x-retouch-job-id"].startswith("job_")
+
+
+def test_openai_asgi_http_image_url_and_url_response(asgi):
+    host = PictureHost(png_bytes(40, 30))
+    try:
+        r = _post(asgi, json=_json_edit(images=[{"image_url": host.url}], response_format="url"))
+    finally:
+        host.close()
+    assert r.status_code == 200, r.text
+    url = r.json()["data"][0]["url"]
+    got = asgi.get(url.removeprefix("http://retouch.test"))
+    assert got.status_code == 200 and Image.open(io.BytesIO(got.content)).size == (40, 30)
+
+
+def test_openai_asgi_models(asgi):
+    listed = asgi.get("/v1/models", headers=AUTH).json()
+    assert listed["object"] == "list"
+    assert {m["id"] for m in listed["data"]} == {"qwen-image-edit", "qwen-image-edit-pe"}
+    assert asgi.get("/v1/models/qwen-image-edit-pe", headers=AUTH).json()["id"] == "qwen-image-edit-pe"
+    assert_openai_error(asgi.get("/v1/models/dall-e-2", headers=AUTH), 404, "model_not_found", "model")
+    assert_openai_error(asgi.get("/v1/models", headers={}), 401, "invalid_api_key")
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "code", "param"),
+    [
+        ({"model": "gpt-image-1"}, 404, "model_not_found", "model"),
+        ({"prompt": None}, 400, "invalid_parameters", "prompt"),
+        ({"prompt": ""}, 400, "invalid_parameters", "prompt"),
+        ({"images": []}, 400, "invalid_parameters", "images"),
+        ({"images": [{"file_id": "file-123"}]}, 400, "unsupported_parameter", "images[0].file_id"),
+        ({"images": [{"url": "x"}]}, 400, "invalid_parameters", "images[0].url"),
+        ({"images": [{"image_url": "data:image/png;base64,@@@"}]}, 400, "invalid_parameters", "images"),
+        ({"images": [{"image_url": data_url(b"not a picture")}]}, 400, "invalid_image", "images"),
+        ({"images": [{"image_url": "ftp://example.com/a.png"}]}, 400, "invalid_parameters", "images"),
+        ({"quality": "ultra"}, 400, "invalid_parameters", "quality"),
+        ({"size": "big"}, 400, "invalid_parameters", "size"),
+        ({"size": "4096x4096"}, 400, "invalid_parameters", "size"),
+        ({"n": 5}, 400, "invalid_parameters", "n"),
+        ({"n": 0}, 400, "invalid_parameters", "n"),
+        ({"response_format": "gif"}, 400, "invalid_parameters", "response_format"),
+        ({"output_format": "gif"}, 400, "invalid_parameters", "output_format"),
+        ({"output_compression": 101}, 400, "invalid_parameters", "output_compression"),
+        ({"partial_images": 4, "stream": True}, 400, "invalid_parameters", "partial_images"),
+        ({"background": "transparent"}, 400, "unsupported_parameter", "background"),
+        (
+            {"mask": {"image_url": data_url(rgba_mask(10, 10, (0, 0, 5, 5)))}},
+            400,
+            "invalid_parameters",
+            "mask",
+        ),
+    ],
+)
+def test_openai_asgi_invalid_requests(asgi, fields, status, code, param):
+    assert_openai_error(_post(asgi, json=_json_edit(**fields)), status, code, param)
+
+
+def test_openai_asgi_unknown_field_is_named(asgi):
+    err = assert_openai_error(_post(asgi, json=_json_edit(style="vivid")), 400, "invalid_parameters", "style")
+    assert err["message"] == "Unrecognized request argument supplied: style"
+
+
+def test_openai_asgi_auth_errors(asgi):
+    assert_openai_error(_post(asgi, headers={}, json=_json_edit()), 401, "invalid_api_key")
+    assert_openai_error(
+        _post(asgi, headers={"Authorization": "Bearer nope"}, json=_json_edit()), 401, "invalid_api_key"
+    )
+
+
+def test_openai_asgi_loopback_url_blocked_without_allowlist(tmp_path):
+    weights = tmp_path / "w.yaml"
+    weights.write_text(OPENAI_WEIGHTS_YAML)
+    srv = AsgiServer(make_settings(tmp_path, weights=str(weights), workers=0, fetch_allow=None))
+    try:
+        body = _json_edit(images=[{"image_url": "http://127.0.0.1:9/photo.png"}])
+        assert_openai_error(srv.post(EDITS, headers=AUTH, json=body), 400, "input_url_blocked", "images")
+    finally:
+        srv.close()
+
+
+def test_openai_asgi_body_errors(asgi):
+    assert_openai_error(
+        _post(asgi, content=b"{not json", headers=AUTH | {"Content-Type": "application/json"}),
+        400,
+        "invalid_parameters",
+    )
+    assert_openai_error(_post(asgi, json=["a list"]), 400, "invalid_parameters")
+    assert_openai_error(
+        _post(asgi, content=b"prompt=x", headers=AUTH | {"Content-Type": "text/plain"}),
+        400,
+        "invalid_parameters",
+    )
+    # multipart without any picture, and with a picture sent as text
+    assert_openai_error(
+        _post(asgi, data={"prompt": "x"}, files={"other": ("a.png", png_bytes())}),
+        400,
+        "invalid_parameters",
+        "other",
+    )
+    assert_openai_error(
+        _post(asgi, data={"prompt": "x", "image": "not-a-file"}, files={"mask": ("m.png", png_bytes())}),
+        400,
+        "invalid_parameters",
+        "image",
+    )
+    assert_openai_error(
+        _post(asgi, data={"prompt": "x", "n": "many"}, files={"image": ("a.png", png_bytes())}),
+        400,
+        "invalid_parameters",
+        "n",
+    )
+
+
+def test_openai_asgi_multipart_mask_must_match_the_image(asgi):
+    files = [
+        ("image", ("a.png", png_bytes(64, 48), "image/png")),
+        ("mask", ("m.png", rgba_mask(32, 32, (0, 0, 8, 8)))),
+    ]
+    err = assert_openai_error(
+        _post(asgi, data={"prompt": "x"}, files=files), 400, "invalid_parameters", "mask"
+    )
+    assert "32x32" in err["message"] and "64x48" in err["message"]
+
+
+def test_openai_asgi_failed_job_answers_in_openai_shape(asgi):
+    r = _post(asgi, json=_json_edit(prompt="oom please"))
+    assert_openai_error(r, 503, "gpu_out_of_memory")
+
+
+def test_openai_asgi_failed_stream_sends_an_error_event(asgi):
+    r = _post(asgi, json=_json_edit(prompt="oom please", stream=True))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [e for e in r.text.split("\n\n") if e.strip()]
+    assert events[-1].startswith("event: error\ndata: ")
+    assert '"code":"gpu_out_of_memory"' in events[-1]
+
+
+def test_openai_client_that_goes_away_cancels_its_edit(tmp_path):
+    """Over a real socket (uvicorn), a closed connection stops the job it was waiting for."""
+    import uvicorn
+
+    from server.app import create_app
+    from server.auth import owner_of
+
+    weights = tmp_path / "w.yaml"
+    weights.write_text(OPENAI_WEIGHTS_YAML)
+    app = create_app(make_settings(tmp_path, weights=str(weights), api_keys=KEY))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while httpx.get(f"http://127.0.0.1:{port}/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        with pytest.raises(httpx.ReadTimeout):  # the fake engine takes ~10 s on a "slow" prompt
+            httpx.post(
+                f"http://127.0.0.1:{port}{EDITS}", headers=AUTH, json=_json_edit(prompt="slow"), timeout=1.5
+            )
+        store = app.state.core.store
+        deadline = time.monotonic() + 10
+        while True:
+            (job,) = store.list_jobs(owner_of(KEY), contract="openai")
+            if job.status.is_terminal():
+                break
+            assert time.monotonic() < deadline, job.status
+            time.sleep(0.1)
+        assert job.status.value == "cancelled" and time.time() - job.created_at < 8
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+# --------------------------------------------------------------------------------------------
+# A real `retouch serve` on tiny weights, driven by the official openai client and by httpx
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def serve(tiny_weights, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("openai-e2e")
+    # The tiny set, with the long side IG1's example asks for (1280x720) allowed.
+    registry = yaml.safe_load(tiny_weights.read_text())
+    registry["root"] = str(tiny_weights.parent)
+    registry["limits"]["max_output_side"] = 1280
+    weights = tmp / "weights.yaml"
+    weights.write_text(yaml.safe_dump(registry))
+    data = tmp / "data"
+    data.mkdir()
+    srv = ServeProcess(weights, data, _free_port())
+    srv.data_dir = data
+    srv.wait()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(serve):
+    return OpenAI(api_key=KEY, base_url=serve.base_url + "/v1", max_retries=0, timeout=180)
+
+
+def _file(name: str, data: bytes):
+    return (name, data, "image/png")
+
+
+def test_openai_client_edit_one_image(client, serve):
+    raw = client.images.with_raw_response.edit(
+        model="qwen-image-edit",
+        image=_file("photo.png", png_bytes(96, 64)),
+        prompt="make the red square blue",
+        quality="low",
+        size="64x48",
+        output_format="png",
+    )
+    resp = raw.parse()
+    assert resp.size == "64x48" and resp.quality == "low" and resp.output_format == "png"
+    assert resp.usage.output_tokens == 4 * 3 and resp.usage.total_tokens == 12
+    assert len(resp.data) == 1 and resp.data[0].url is None and resp.data[0].revised_prompt is None
+    picture = decode_b64(resp.data[0].b64_json)
+    assert picture.format == "PNG" and picture.size == (64, 48)
+    # Pictures sent inline are not kept on the server.
+    job_id = raw.headers["x-retouch-job-id"]
+    assert not (serve.data_dir / "results" / job_id).exists()
+
+
+def test_openai_client_edit_several_images_as_urls(client, serve):
+    resp = client.images.edit(
+        image=[
+            _file("person.png", png_bytes(96, 64)),
+            _file("product.png", png_bytes(48, 48, (20, 200, 20))),
+        ],
+        prompt="dress the person in the product from image 2",
+        response_format="url",
+        output_format="webp",
+    )
+    url = resp.data[0].url
+    assert url.startswith(serve.base_url + "/files/results/") and resp.data[0].b64_json is None
+    got = httpx.get(url, timeout=30)
+    assert got.status_code == 200 and got.headers["content-type"] == "image/webp"
+    assert Image.open(io.BytesIO(got.content)).size == (96, 64)  # size auto = the first image's
+
+
+def test_openai_client_edit_with_a_mask_keeps_the_opaque_area(client):
+    photo = make_photo(96, 64)
+    resp = client.images.edit(
+        image=_file("photo.png", encode(photo)),
+        mask=_file("mask.png", rgba_mask(96, 64, (0, 0, 40, 64))),  # edit the left part
+        prompt="replace the left part with a wall",
+        quality="low",
+    )
+    edited = np.asarray(decode_b64(resp.data[0].b64_json).convert("RGB"), dtype=np.int16)
+    original = np.asarray(photo, dtype=np.int16)
+    # Beyond the mask and its feathered edge the picture is the input, pixel for pixel (PNG).
+    assert np.array_equal(edited[:, 56:], original[:, 56:])
+    assert np.abs(edited[:, :32] - original[:, :32]).mean() > 5
+
+
+def test_openai_client_n2_and_prompt_enhancement(client):
+    resp = client.images.edit(
+        model="qwen-image-edit-pe",
+        image=_file("photo.png", png_bytes(64, 48)),
+        prompt="make it brighter",
+        n=2,
+        quality="low",
+    )
+    assert len(resp.data) == 2
+    first, second = (decode_b64(d.b64_json) for d in resp.data)
+    assert first.size == second.size == (64, 48) and first.tobytes() != second.tobytes()
+    revised = {d.revised_prompt for d in resp.data}
+    assert len(revised) == 1 and None not in revised  # one rewrite for the request
+    assert resp.usage.output_tokens == 2 * 4 * 3
+
+
+def test_openai_client_streams_partial_images(client, serve):
+    stream = client.images.edit(
+        image=_file("photo.png", png_bytes(96, 64)),
+        prompt="make the red square blue",
+        quality="low",  # Lightning 4: previews after steps 1 and 3
+        stream=True,
+        partial_images=2,
+    )
+    events = list(stream)
+    assert [e.type for e in events] == ["image_edit.partial_image"] * 2 + ["image_edit.completed"]
+    partials, done = events[:2], events[2]
+    assert [e.partial_image_index for e in partials] == [0, 1]
+    for e in partials:
+        assert e.size == "48x32" and decode_b64(e.b64_json).size == (48, 32)
+    assert done.size == "96x64" and decode_b64(done.b64_json).size == (96, 64)
+    assert done.output_format == "png" and done.usage.output_tokens == 6 * 4
+    assert not any((serve.data_dir / "previews").glob("*"))  # preview files go once streamed
+
+
+def test_openai_client_errors_raise_the_clients_exceptions(client):
+    with pytest.raises(openai.NotFoundError) as info:
+        client.images.edit(model="dall-e-2", image=_file("p.png", png_bytes()), prompt="x")
+    assert info.value.code == "model_not_found" and info.value.param == "model"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.edit(image=_file("p.png", png_bytes()), prompt="x", size="4000x4000")
+    assert info.value.param == "size" and "1280" in info.value.message
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.edit(image=_file("p.png", b"not a picture"), prompt="x")
+    assert info.value.code == "invalid_image"
+    models = [m.id for m in client.models.list()]
+    assert models == ["qwen-image-edit", "qwen-image-edit-pe"]
+
+
+def test_ig1_json_example_from_the_seed(serve):
+    """IG1's documented request, byte for byte except the picture and the key."""
+    iguana = encode(make_photo(256, 144), "PNG")
+    body = (
+        '{"model": "qwen-image-edit", "images": [{"image_url": "data:image/png;base64,'
+        + base64.b64encode(iguana).decode()
+        + '"}], "prompt": "Replace the iguana with a snake, keep the same neon theme and background.",'
+        ' "quality": "low", "size": "1280x720", "output_format": "png"}'
+    )
+    r = httpx.post(
+        serve.base_url + "/v1/images/edits",
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+        content=body,
+        timeout=180,
+    )
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert set(out) >= {"created", "data", "usage", "output_format", "quality", "size"}
+    assert out["output_format"] == "png" and out["quality"] == "low" and out["size"] == "1280x720"
+    assert set(out["usage"]) == {"total_tokens", "input_tokens", "output_tokens", "input_tokens_details"}
+    assert set(out["usage"]["input_tokens_details"]) == {"text_tokens", "image_tokens"}
+    assert out["usage"]["output_tokens"] == 80 * 45
+    assert list(out["data"][0]) == ["b64_json"]
+    assert decode_b64(out["data"][0]["b64_json"]).size == (1280, 720)
+    assert abs(out["created"] - time.time()) < 300
+
+
+# --------------------------------------------------------------------------------------------
+# The weights.yaml tables this contract reads
+# --------------------------------------------------------------------------------------------
+def test_committed_registry_maps_every_quality_and_both_models():
+    from pathlib import Path
+
+    from pipelines import load_registry
+
+    reg = load_registry(Path(__file__).resolve().parents[1] / "weights.yaml")
+    assert {"low", "medium", "standard", "high", "hd", "auto"} <= set(reg.qualities)
+    assert reg.qualities["low"].lightning_steps == 4 and reg.qualities["medium"].lightning_steps == 8
+    assert reg.qualities["high"].lightning_steps is None and reg.qualities["high"].steps == 40
+    assert {n: m.enhance_prompt for n, m in reg.public_models.items()} == {
+        "qwen-image-edit": False,
+        "qwen-image-edit-pe": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("extra", "complaint"),
+    [
+        ("qualities:\n  low: {lightning_steps: 4}\n", "no Lightning LoRA of the edit model runs 4 steps"),
+        ("qualities:\n  low: {lightning_steps: 8, steps: 4}\n", "not both"),
+        ("public_models:\n  qwen-image-edit: {model: nope}\n", "'nope' is not a declared edit model"),
+        ("public_models:\n  qwen-image-edit: {model: refiner}\n", "'refiner' is not a declared edit model"),
+    ],
+)
+def test_registry_refuses_inconsistent_contract_tables(tmp_path, extra, complaint):
+    from pipelines import RegistryError, load_registry
+
+    path = tmp_path / "weights.yaml"
+    path.write_text(WEIGHTS_YAML + extra)
+    with pytest.raises(RegistryError, match=complaint):
+        load_registry(path)

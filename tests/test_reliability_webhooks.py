@@ -1,0 +1,136 @@
+"""Webhooks (Standard Webhooks, retries, 410, SSRF) and signed result URLs."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from benchmarks.reliability import record
+from tests.server_harness import AsgiServer, make_settings
+from tests.test_reliability_faults import ROOT, Receiver, _submit, _wait
+
+# -- webhooks ------------------------------------------------------------------------------------
+
+
+def test_webhook_signature_matches_the_standard_webhooks_test_vector(tmp_path):
+    """The spec's published vector (standard-webhooks/spec, "Signature scheme")."""
+    from server.webhooks import WebhookSender
+
+    settings = make_settings(tmp_path, webhook_secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    sender = WebhookSender(store=None, settings=settings, render_status=None)
+    signature = sender.signer.sign(
+        "msg_p5jXN8AQM9LWM0D4loKWxJek", datetime.fromtimestamp(1614265330, UTC), '{"test": 2432232314}'
+    )
+    assert signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_webhook_backoff_grows_with_jitter_and_a_cap(tmp_path):
+    from server.webhooks import WebhookSender
+
+    settings = make_settings(tmp_path, webhook_backoff_initial_s=1.0, webhook_backoff_max_s=30.0)
+    settings.ensure_secrets()
+    sender = WebhookSender(None, settings, None)
+    samples = {attempt: [sender.next_delay(attempt) for _ in range(50)] for attempt in range(1, 9)}
+    means = [sum(v) / len(v) for v in samples.values()]
+    assert means[0] < means[2] < means[4]  # exponential growth
+    assert all(len({round(x, 6) for x in v}) > 10 for v in samples.values())  # jitter: not in lockstep
+    assert max(max(v) for v in samples.values()) <= 30.0  # capped
+    assert len({round(x, 6) for x in samples[8]}) > 10  # still spread out at the cap
+
+
+def test_webhook_retries_5xx_429_and_timeouts_stops_on_410_and_keeps_its_id(tmp_path):
+    flaky = Receiver([503, 429, "hang", 500, 200])
+    gone = Receiver([410])
+    settings = make_settings(
+        tmp_path, webhook_timeout_s=0.5, webhook_backoff_initial_s=0.1, webhook_backoff_max_s=1.5
+    )
+    srv = AsgiServer(settings)
+    try:
+        job_a = _submit(srv, "flaky receiver", callback_url=flaky.url)
+        job_b = _submit(srv, "gone receiver", callback_url=gone.url)
+        _wait(lambda: len(flaky.calls) >= 5, 30, "the flaky receiver's fifth call")
+        _wait(
+            lambda: srv.app.state.core.store.get_delivery(f"msg_{job_b}_completed").state == "failed",
+            30,
+            "410",
+        )
+        time.sleep(1.0)
+        store = srv.app.state.core.store
+        delivered = store.get_delivery(f"msg_{job_a}_completed")
+        given_up = store.get_delivery(f"msg_{job_b}_completed")
+    finally:
+        srv.close()
+        flaky.close()
+        gone.close()
+    assert len(flaky.calls) == 5 and set(flaky.ids()) == {f"msg_{job_a}_completed"}
+    assert delivered.state == "delivered" and delivered.attempts == 5
+    gaps = [b[2] - a[2] for a, b in zip(flaky.calls, flaky.calls[1:], strict=False)]
+    assert gaps[1] >= 0.9  # after the 429 its Retry-After (1 s) was honoured
+    assert len(gone.calls) == 1 and given_up.state == "failed" and given_up.attempts == 1
+    record(
+        "webhooks",
+        {
+            "flaky_attempts_until_delivered": len(flaky.calls),
+            "distinct_ids_flaky": len(set(flaky.ids())),
+            "attempts_after_410": len(gone.calls),
+        },
+    )
+
+
+def test_webhook_sender_refuses_blocked_receivers(tmp_path):
+    """127.0.0.2 is loopback outside the harness allowlist: no connection, no retries."""
+    receiver = Receiver(host="127.0.0.2")
+    srv = AsgiServer(make_settings(tmp_path))
+    try:
+        job = _submit(srv, "hook to a private address", callback_url=receiver.url)
+        store = srv.app.state.core.store
+        _wait(
+            lambda: (d := store.get_delivery(f"msg_{job}_completed")) and d.state == "failed", 30, "a refusal"
+        )
+        delivery = store.get_delivery(f"msg_{job}_completed")
+    finally:
+        srv.close()
+        receiver.close()
+    assert receiver.calls == [] and delivery.attempts == 1 and "not fetched" in delivery.last_error
+    path = ROOT / "benchmarks" / "out" / "reliability" / "webhooks.json"
+    if path.exists():
+        import json
+
+        data = json.loads(path.read_text())["figures"]
+        data.update(connections_to_blocked_receiver=len(receiver.calls))
+        record("webhooks", data)
+
+
+# -- result URLs ---------------------------------------------------------------------------------
+
+
+def test_result_url_signatures(tmp_path):
+    from server import signing
+
+    srv = AsgiServer(make_settings(tmp_path))
+    try:
+        first = srv.wait_status(_submit(srv, "first"))
+        second = srv.wait_status(_submit(srv, "second"))
+        a, b = urlsplit(first["result_url"]), urlsplit(second["result_url"])
+        seen = {"valid": srv.get(f"{a.path}?{a.query}").status_code}
+        tampered_sig = a.query[:-1] + ("0" if a.query[-1] != "0" else "1")
+        seen["tampered_signature"] = srv.get(f"{a.path}?{tampered_sig}").status_code
+        later = re.sub(r"expires=(\d+)", lambda m: f"expires={int(m.group(1)) + 3600}", a.query)
+        seen["extended_expiry"] = srv.get(f"{a.path}?{later}").status_code
+        seen["other_jobs_path_with_valid_signature"] = srv.get(f"{b.path}?{a.query}").status_code
+        seen["unsigned"] = srv.get(a.path).status_code
+        expired = urlsplit(signing.sign(srv.settings.signing_secret, "", a.path, -10))
+        seen["expired"] = srv.get(f"{expired.path}?{expired.query}").status_code
+    finally:
+        srv.close()
+    assert seen == {
+        "valid": 200,
+        "tampered_signature": 403,
+        "extended_expiry": 403,
+        "other_jobs_path_with_valid_signature": 403,
+        "unsigned": 403,
+        "expired": 410,
+    }
+    record("result_urls", seen)
