@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 WEIGHTS ?= weights.yaml
 
-.PHONY: install serve test lint format tiny clean
+.PHONY: install serve demo test lint format tiny clean
 
 $(BIN)/retouch: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,11 @@ install: $(BIN)/retouch
 
 serve: install
 	$(BIN)/retouch serve --weights $(WEIGHTS)
+
+# From a fresh clone to the web playground on a CPU: the tiny random-weight set, served at :8000.
+demo: install
+	test -f tiny-weights/weights.yaml || $(BIN)/retouch weights tiny ./tiny-weights
+	$(BIN)/retouch serve --weights tiny-weights/weights.yaml
 
 test: install
 	$(BIN)/ruff check .
