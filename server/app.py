@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.supervisor = supervisor
     app.state.webhooks = webhooks
     # Outermost: a body over the cap is refused before any of it is read (server/limits.py).
-    app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes, routes=app.router.routes)
     app.include_router(imagepipeline_router(core))
     app.include_router(build_servers_router(core, pods))
     app.include_router(fashn_router(core))

@@ -12,10 +12,11 @@ import hashlib
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import KeyRing, request_headers
@@ -166,13 +167,26 @@ def _plain_413(limit: int) -> tuple[dict, bytes]:
     }, body
 
 
+def _flat_routes(routes: Sequence) -> Iterator:
+    """The app's routes, looking into routers FastAPI keeps as included-router wrappers."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        context = getattr(route, "include_context", None)
+        if inner is not None and getattr(context, "prefix", "") == "":
+            yield from _flat_routes(inner.routes)
+        else:
+            yield route
+
+
 class RequestGuard:
     """Pure ASGI middleware: refuses bodies over ``max_bytes`` (by Content-Length before reading a
     byte, else by counting while the app reads) and publishes the request headers to ``Core``."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, routes: Sequence = ()):
         self.app = app
         self.max_bytes = max_bytes
+        # the application's routes: a contract route answers the 413 in its own error shape
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -183,7 +197,7 @@ class RequestGuard:
         try:
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
                 return
             await self._guarded(scope, receive, send)
         finally:
@@ -219,9 +233,17 @@ class RequestGuard:
             if not state["over"]:
                 raise
         if state["over"] and not state["started"]:
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        for route in _flat_routes(self.routes):
+            render = getattr(route, "error_renderer", None)
+            if render is not None and route.matches(scope)[0] == Match.FULL:
+                error = ServiceError(
+                    "PAYLOAD_TOO_LARGE", f"the request body is over the {self.max_bytes} byte limit"
+                )
+                await render(error)(scope, receive, send)
+                return
         start, body = _plain_413(self.max_bytes)
         await send(start)
         await send({"type": "http.response.body", "body": body})

@@ -153,9 +153,11 @@ class Supervisor:
     def cleanup(self) -> None:
         for path in self.store.expire_results() + self.store.expire_uploads():
             self.files.delete(path)
-        # Inputs of jobs that never ran to the end (e.g. cancelled while queued).
+        # Inputs of jobs that never ran to the end (e.g. cancelled while queued), and streaming
+        # previews whose API process died before it could remove them.
         cutoff = time.time() - self.settings.result_ttl_s
-        inputs: Path = self.files.root / "inputs"
-        for folder in inputs.iterdir() if inputs.is_dir() else []:
-            if folder.stat().st_mtime < cutoff:
-                self.files.delete_tree(f"inputs/{folder.name}")
+        for kind in ("inputs", "previews"):
+            root: Path = self.files.root / kind
+            for folder in root.iterdir() if root.is_dir() else []:
+                if folder.stat().st_mtime < cutoff:
+                    self.files.delete_tree(f"{kind}/{folder.name}")

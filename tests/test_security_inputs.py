@@ -65,6 +65,23 @@ def test_request_caps_prompt_images_and_base64(server, monkeypatch):
     assert decoded == []  # refused by its encoded length, never decoded
 
 
+@pytest.mark.parametrize(
+    ("path", "status", "shape"),
+    [
+        ("/edit/image/v1", 413, lambda b: b["error_code"] == "PAYLOAD_TOO_LARGE"),
+        # FASHN documents 400/401/404/429/500 only: its clients get a BadRequest
+        ("/v1/run", 400, lambda b: set(b) == {"error", "message"} and "byte limit" in b["message"]),
+        ("/v1/edit/image", 413, lambda b: b["error"] == "payload_too_large"),
+        ("/v1/images/edits", 413, lambda b: set(b["error"]) >= {"message", "type", "code"}),
+    ],
+)
+def test_oversized_body_is_refused_in_each_contracts_own_shape(server, path, status, shape):
+    big = str(server.settings.max_request_bytes + 1)
+    headers = {"X-API-Key": "k", "Content-Type": "application/json", "Content-Length": big}
+    r = server.post(path, content=b"{}", headers=headers)
+    assert r.status_code == status and shape(r.json()), r.text
+
+
 def test_request_caps_body_413_before_it_is_read(server):
     limit = server.settings.max_request_bytes
     pulled = []

@@ -144,3 +144,23 @@ def test_server_webhook_signed_retried_once_delivered(tmp_path, receiver):
         assert json.loads(b2)["job_id"] == job_id
     finally:
         srv.close()
+
+
+def test_cleanup_sweeps_stale_inputs_and_previews_but_keeps_fresh_ones(tmp_path):
+    import os
+    import time
+
+    srv = AsgiServer(make_settings(tmp_path, workers=0, result_ttl_s=60))
+    try:
+        root = srv.app.state.core.files.root
+        old = time.time() - 120
+        for rel in ("inputs/job_gone", "previews/job_gone", "previews/job_streaming"):
+            (root / rel).mkdir(parents=True)
+            (root / rel / "0-0.png").write_bytes(b"x")
+        for rel in ("inputs/job_gone", "previews/job_gone"):
+            os.utime(root / rel, (old, old))
+        srv.app.state.supervisor.cleanup()
+        assert not (root / "inputs/job_gone").exists() and not (root / "previews/job_gone").exists()
+        assert (root / "previews/job_streaming/0-0.png").exists()  # a stream in progress keeps its files
+    finally:
+        srv.close()

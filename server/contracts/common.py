@@ -32,6 +32,9 @@ def route_class(render: ErrorRenderer) -> type[APIRoute]:
     """An APIRoute whose errors (ours, validation, unexpected) all come out as ``render`` bodies."""
 
     class ContractRoute(APIRoute):
+        # read by server.limits.RequestGuard to refuse an oversized body in this contract's shape
+        error_renderer = staticmethod(render)
+
         def get_route_handler(self):
             handler = super().get_route_handler()
 
