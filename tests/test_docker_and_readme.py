@@ -346,7 +346,9 @@ def test_readme_quick_start_commands_run_as_written(tmp_path):
 
 
 def test_make_demo_builds_the_tiny_set_and_serves_it():
-    dry = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    dry = subprocess.run(
+        ["make", "--no-print-directory", "-n", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
     assert any("retouch weights tiny ./tiny-weights" in line for line in lines)
