@@ -259,10 +259,14 @@ def worker_main(settings_json: str, worker_id: str, index: int, parent_pid: int,
     heartbeat = _Heartbeat(worker, store, parent_pid)
     heartbeat.start()
     signal.signal(signal.SIGTERM, lambda signum, frame: worker.begin_stop())
+    waker = store.open_waker()  # Redis: jobs queued on any pod; None: this API's pipe (wake)
     while not worker.stopping.is_set():
         record = store.claim(worker_id, settings.lease_s)
         if record is None:
-            wake = _wait_for_wake(wake, settings.worker_poll_s)
+            if waker is not None:
+                waker.wait(settings.worker_poll_s)
+            else:
+                wake = _wait_for_wake(wake, settings.worker_poll_s)
             continue
         heartbeat.current = record.id
         try:

@@ -259,3 +259,17 @@ def test_redis_entry_of_a_vanished_job_is_dropped(pod_store):
     worker = pod_store("gpu-1", ["edit"])
     assert worker.claim("gpu-1-w0", 10).id == "job_next"
     assert api.r.xlen(api.k("stream", "shared:edit")) == 1  # only job_next's entry is left
+
+
+def test_redis_idle_worker_on_another_pod_is_woken_when_a_job_is_queued(pod_store):
+    import threading
+    import time
+
+    api, worker = pod_store("api-a"), pod_store("gpu-b")
+    waker = worker.open_waker()
+    assert waker.wait(0.2) is False  # nothing queued: the wait runs its full timeout
+    threading.Timer(0.3, lambda: _add(api, "job_wake")).start()
+    started = time.monotonic()
+    assert waker.wait(10) is True
+    assert time.monotonic() - started < 5  # woken by the job, long before the timeout
+    assert worker.claim("gpu-b-w0", 30).id == "job_wake"

@@ -14,6 +14,7 @@ the webhook outbox row in the same step, exactly as in SQLite.
 from __future__ import annotations
 
 import json
+import time
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -142,7 +143,12 @@ class RedisStore(RedisSideTables, RedisLimitTables):
         added, queued = self._run("add", job_id, max_queued, queue_name(meta), self.retention_s, *flat)
         if added != 1:
             raise ServiceError("QUEUE_FULL", f"the queue is full ({queued} jobs waiting)", retry_after_s=30)
+        # Idle workers on every pod listen (open_waker); fire-and-forget, a dead pod blocks nothing.
+        self.r.publish(self.k("wake"), job_id)
         return self.get_job(job_id)
+
+    def open_waker(self) -> RedisWaker:
+        return RedisWaker(self.r, self.k("wake"))
 
     def get_job(self, job_id: str) -> JobRecord | None:
         h = self.r.hgetall(self.k("job", job_id))
@@ -304,3 +310,23 @@ class RedisStore(RedisSideTables, RedisLimitTables):
 
     def queues(self) -> set[str]:
         return set(self.r.smembers(self.k("queues")))
+
+
+class RedisWaker:
+    """Pub/sub on the deployment's wake channel: a job queued through any API pod wakes idle
+    workers at once instead of at their next poll. Missed messages only cost one poll interval."""
+
+    def __init__(self, r: redis.Redis, channel: str):
+        self.channel = channel
+        self.pubsub = r.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(channel)
+
+    def wait(self, timeout: float) -> bool:
+        try:
+            woken = self.pubsub.get_message(timeout=timeout) is not None
+            while woken and self.pubsub.get_message(timeout=0) is not None:
+                pass  # several jobs queued at once: one claim round serves them all
+            return woken
+        except redis.RedisError:
+            time.sleep(timeout)  # Redis away: the claim loop's own retries report it
+            return False

@@ -188,6 +188,9 @@ class SQLiteStore(SideTables, LimitTables):
         (queued,) = self._db().execute("SELECT count(*) FROM jobs WHERE status='queued'").fetchone()
         return self._average_seconds(kind) * (queued // self.workers + 1)
 
+    def open_waker(self) -> None:
+        return None  # one machine: the supervisor's pipe wakes its workers
+
     def claim(self, worker_id: str, lease_s: float) -> JobRecord | None:
         now = time.time()
         with self._tx() as db:
