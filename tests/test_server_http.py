@@ -306,3 +306,17 @@ def test_server_api_keys_budget_and_queue_limit(tmp_path):
         assert cancel.json()["status"] == "cancelled"
     finally:
         srv.close()
+
+
+def test_openapi_documents_each_contract_with_its_own_error_bodies(server):
+    spec = server.get("/openapi.json").json()
+    ops = {(m, p): op for p, item in spec["paths"].items() for m, op in item.items()}
+    tags = {tag for op in ops.values() for tag in op.get("tags", [])}
+    assert {"imagepipeline", "fashn", "depicta", "openai"} <= tags
+    submit = ops[("post", "/edit/image/v1")]["responses"]
+    assert submit["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ImagePipelineErrorBody")
+    assert {"401", "404", "429"} <= set(submit)
+    upload = ops[("post", "/upload/image/v1")]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert upload["properties"]["file"]["format"] == "binary"
+    # FASHN answers bad input with 400, so /docs must not promise FastAPI's 422 there
+    assert "422" not in ops[("post", "/v1/run")]["responses"]

@@ -59,7 +59,7 @@ class GenerationResponse(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
-class UploadResponse(BaseModel):
+class DepictaUploadResponse(BaseModel):
     upload_url: str
     filename: str
     content_type: str
@@ -67,7 +67,7 @@ class UploadResponse(BaseModel):
     expires_at: str
 
 
-class ErrorBody(BaseModel):
+class DepictaErrorBody(BaseModel):
     error: str
     message: str
     details: dict[str, str] | None = None
@@ -82,7 +82,7 @@ class JobSummary(BaseModel):
     created_at: str
     completed_at: str | None = None
     image_url: str | None = None
-    error: ErrorBody | None = None
+    error: DepictaErrorBody | None = None
 
 
 class JobList(BaseModel):

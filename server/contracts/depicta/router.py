@@ -13,11 +13,18 @@ from starlette.concurrency import run_in_threadpool
 from ...core import Core
 from ...errors import ServiceError
 from ..common import read_upload, route_class
-from .protocol import EditRequest, ErrorBody, GenerationResponse, JobDetail, JobList, UploadResponse
+from .protocol import (
+    DepictaErrorBody,
+    DepictaUploadResponse,
+    EditRequest,
+    GenerationResponse,
+    JobDetail,
+    JobList,
+)
 from .service import DepictaService, render_error
 
 JOB_HEADER = "X-Depicta-Job-Id"
-_ERRORS = {status: {"model": ErrorBody} for status in (401, 402, 404, 409, 413, 422, 429, 500, 503)}
+_ERRORS = {status: {"model": DepictaErrorBody} for status in (401, 402, 404, 409, 413, 422, 429, 500, 503)}
 _FORM_FIELDS = ("prompt", "model", "aspect_ratio", "image_size", "strictness")
 
 
@@ -96,8 +103,8 @@ def build_router(core: Core) -> APIRouter:
         # The Depicta CLI sends a Bearer token; X-API-Key works too, as on the other contracts.
         return core.authenticate(bearer_key(authorization) or x_api_key)
 
-    @router.post("/v1/upload", response_model=UploadResponse, openapi_extra=_UPLOAD_BODY)
-    async def upload(request: Request, who: str = Depends(owner)) -> UploadResponse:
+    @router.post("/v1/upload", response_model=DepictaUploadResponse, openapi_extra=_UPLOAD_BODY)
+    async def upload(request: Request, who: str = Depends(owner)) -> DepictaUploadResponse:
         data, filename = await read_upload(request, "image", core.settings.upload_max_bytes)
         return await run_in_threadpool(service.upload, data, filename, who)
 

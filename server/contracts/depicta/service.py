@@ -22,14 +22,14 @@ from ...core import Core, NamedInput
 from ...errors import ServiceError
 from ...jobs import JobMeta, JobRecord, JobStatus
 from .protocol import (
+    DepictaErrorBody,
+    DepictaUploadResponse,
     EditRequest,
-    ErrorBody,
     FormatVariant,
     GenerationResponse,
     JobDetail,
     JobList,
     JobSummary,
-    UploadResponse,
 )
 
 CONTRACT = "depicta"
@@ -54,7 +54,7 @@ _CODES = {
 
 def render_error(exc: ServiceError) -> JSONResponse:
     details = {exc.field: exc.message} if exc.field and exc.http_status == 422 else None
-    body = ErrorBody(
+    body = DepictaErrorBody(
         error=_CODES.get(exc.http_status, "internal_error"), message=exc.message, details=details
     )
     headers: dict[str, str] = {}
@@ -111,9 +111,9 @@ class DepictaService:
         return (public[0] if public else edit_model), {edit_model, *public}
 
     # -- uploads -----------------------------------------------------------------------------
-    def upload(self, data: bytes, filename: str | None, owner: str) -> UploadResponse:
+    def upload(self, data: bytes, filename: str | None, owner: str) -> DepictaUploadResponse:
         upload, url = self.core.save_upload(data, filename, owner)
-        return UploadResponse(
+        return DepictaUploadResponse(
             upload_url=url,
             filename=upload.filename,
             content_type=upload.content_type,
@@ -243,7 +243,7 @@ class DepictaService:
         if record.status in (JobStatus.FAILED, JobStatus.CANCELLED):
             code = "CONFLICT" if record.status == JobStatus.CANCELLED else record.failure_reason_code
             rendered = ServiceError(code or "INTERNAL_ERROR", record.error or "the edit failed")
-            error = ErrorBody(
+            error = DepictaErrorBody(
                 error=_CODES.get(rendered.http_status, "internal_error"), message=rendered.message
             )
         return dict(

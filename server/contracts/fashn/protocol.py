@@ -77,13 +77,13 @@ class PredictionError(BaseModel):
     message: str
 
 
-class StatusResponse(BaseModel):
+class FashnStatusResponse(BaseModel):
     id: str
     status: PredictionStatus
     output: list[str] | None = None
     error: PredictionError | None = None
 
 
-class ErrorBody(BaseModel):
+class FashnErrorBody(BaseModel):
     error: str
     message: str

@@ -8,10 +8,12 @@ from starlette.background import BackgroundTask
 
 from ...core import Core
 from ..common import route_class
-from .protocol import ErrorBody, RunRequest, RunResponse, StatusResponse
+from .protocol import FashnErrorBody, FashnStatusResponse, RunRequest, RunResponse
 from .service import FashnService, render_error
 
-_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 429, 500)}
+_ERRORS: dict = {status: {"model": FashnErrorBody} for status in (400, 401, 404, 429, 500)}
+# FASHN answers bad input with 400 BadRequest, never 422: say so instead of FastAPI's default 422.
+_ERRORS["4XX"] = {"model": FashnErrorBody, "description": "Any other client error, sent as 400 BadRequest"}
 
 
 def bearer_key(authorization: str | None) -> str | None:
@@ -33,7 +35,7 @@ def build_router(core: Core) -> APIRouter:
     def run(req: RunRequest, who: str = Depends(owner)) -> RunResponse:
         return service.submit(req, who)
 
-    @router.get("/v1/status/{prediction_id}", response_model=StatusResponse)
+    @router.get("/v1/status/{prediction_id}", response_model=FashnStatusResponse)
     def status(prediction_id: str, who: str = Depends(owner)) -> JSONResponse:
         body, after_send = service.status(prediction_id, who)
         return JSONResponse(

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from ...core import Core, NamedInput
 from ...errors import ServiceError
 from ...jobs import JobMeta, JobRecord, JobStatus
-from .protocol import ErrorBody, PredictionError, RunRequest, RunResponse, StatusResponse
+from .protocol import FashnErrorBody, FashnStatusResponse, PredictionError, RunRequest, RunResponse
 
 CONTRACT = "fashn"
 # generation_mode -> Lightning steps (None = the full model with its default steps)
@@ -65,7 +65,7 @@ def render_error(exc: ServiceError) -> JSONResponse:
         # The official client retries 409s and 429s by itself; a spent budget or a reused
         # Idempotency-Key does not come right by waiting.
         headers["x-should-retry"] = "false"
-    body = ErrorBody(error=name, message=exc.message)
+    body = FashnErrorBody(error=name, message=exc.message)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers or None)
 
 
@@ -111,7 +111,7 @@ class FashnService:
         )
         return RunResponse(id=record.id)
 
-    def status(self, prediction_id: str, owner: str) -> tuple[StatusResponse, Callable[[], None] | None]:
+    def status(self, prediction_id: str, owner: str) -> tuple[FashnStatusResponse, Callable[[], None] | None]:
         """The status body, and what to do once it has been sent (drop inline results)."""
         record = self.core.get_job(prediction_id, owner)
         if record.meta.contract != CONTRACT:
@@ -122,18 +122,18 @@ class FashnService:
             return body, lambda: self.core.drop_results(record)
         return body, None
 
-    def render_status(self, record: JobRecord) -> StatusResponse:
+    def render_status(self, record: JobRecord) -> FashnStatusResponse:
         status = _STATUS[record.status]
         if record.status == JobStatus.COMPLETED:
-            return StatusResponse(id=record.id, status=status, output=self._outputs(record))
+            return FashnStatusResponse(id=record.id, status=status, output=self._outputs(record))
         if record.status == JobStatus.FAILED:
             code = record.failure_reason_code or "INTERNAL_ERROR"
             name = _FAILURE_NAMES.get(code, "PipelineError")
             error = PredictionError(name=name, message=record.error or "the edit failed")
-            return StatusResponse(
+            return FashnStatusResponse(
                 id=record.id, status="time_out" if code == "JOB_TIMEOUT" else status, error=error
             )
-        return StatusResponse(id=record.id, status=status)
+        return FashnStatusResponse(id=record.id, status=status)
 
     def _outputs(self, record: JobRecord) -> list[str]:
         if not record.meta.inline_results:

@@ -115,7 +115,7 @@ class ProfileList(BaseModel):
     total: int
 
 
-class ErrorBody(BaseModel):
+class ImagePipelineErrorBody(BaseModel):
     error: str
     error_code: str
     message: str

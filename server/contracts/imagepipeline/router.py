@@ -9,6 +9,7 @@ from ...core import Core
 from ..common import read_upload, route_class
 from .protocol import (
     EditRequest,
+    ImagePipelineErrorBody,
     ProfileList,
     ProfileRequest,
     ProfileResponse,
@@ -18,10 +19,30 @@ from .protocol import (
 )
 from .service import ImagePipelineService, render_error
 
+# Every error this contract answers, in its own body (documented in /docs as such, not FastAPI's).
+_ERRORS = {
+    status: {"model": ImagePipelineErrorBody} for status in (401, 402, 403, 404, 409, 413, 422, 429, 503)
+}
+# The upload is parsed by hand (the official client's multipart quirk), so its body is declared here.
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            }
+        },
+    }
+}
+
 
 def build_router(core: Core) -> APIRouter:
     service = ImagePipelineService(core)
-    router = APIRouter(route_class=route_class(render_error), tags=["imagepipeline"])
+    router = APIRouter(route_class=route_class(render_error), tags=["imagepipeline"], responses=_ERRORS)
 
     def owner(x_api_key: str | None = Header(default=None)) -> str:
         return core.authenticate(x_api_key)
@@ -39,7 +60,7 @@ def build_router(core: Core) -> APIRouter:
     def cancel_edit(job_id: str, who: str = Depends(owner)) -> StatusResponse:
         return service.cancel(job_id, who)
 
-    @router.post("/upload/image/v1", response_model=UploadResponse)
+    @router.post("/upload/image/v1", response_model=UploadResponse, openapi_extra=_UPLOAD_BODY)
     async def upload_image(request: Request, who: str = Depends(owner)) -> UploadResponse:
         data, filename = await read_upload(request, "file", core.settings.upload_max_bytes)
         return await run_in_threadpool(service.upload, data, filename, who)

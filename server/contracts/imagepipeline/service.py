@@ -13,7 +13,7 @@ from ...store import Profile
 from .profiles import apply_profile, check_template
 from .protocol import (
     EditRequest,
-    ErrorBody,
+    ImagePipelineErrorBody,
     ProfileList,
     ProfileRequest,
     ProfileResponse,
@@ -42,7 +42,7 @@ _ERROR_TITLES = {
 
 
 def render_error(exc: ServiceError) -> JSONResponse:
-    body = ErrorBody(
+    body = ImagePipelineErrorBody(
         error=_ERROR_TITLES.get(exc.http_status, "Error"),
         error_code=exc.code,
         message=exc.message,

@@ -96,5 +96,5 @@ class ErrorDetail(BaseModel):
     code: str | None = None
 
 
-class ErrorBody(BaseModel):
+class OpenAIErrorBody(BaseModel):
     error: ErrorDetail

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from ...core import Core
 from ..common import route_class
 from .parsing import parse_edit_request
-from .protocol import EditRequest, ErrorBody, ImagesResponse, ModelCard, ModelList
+from .protocol import EditRequest, ImagesResponse, ModelCard, ModelList, OpenAIErrorBody
 from .service import OpenAIService, render_error
 
 JOB_ID_HEADER = "X-Retouch-Job-Id"
@@ -63,7 +63,7 @@ STREAM_DOC = {
 def build_router(core: Core) -> APIRouter:
     service = OpenAIService(core)
     router = APIRouter(prefix="/v1", route_class=route_class(render_error), tags=["openai"])
-    errors = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 429, 500, 503)}
+    errors = {code: {"model": OpenAIErrorBody} for code in (400, 401, 404, 413, 429, 500, 503)}
 
     def owner(authorization: str | None = Header(default=None)) -> str:
         return core.authenticate(authorization)

@@ -30,13 +30,13 @@ from ...errors import ServiceError, http_status_for
 from ...jobs import JobMeta, JobRecord, JobStatus
 from .protocol import (
     EditRequest,
-    ErrorBody,
     ErrorDetail,
     ImageData,
     ImagesResponse,
     InputTokensDetails,
     ModelCard,
     ModelList,
+    OpenAIErrorBody,
     Usage,
 )
 
@@ -71,7 +71,7 @@ def render_error(exc: ServiceError) -> JSONResponse:
     )
     if exc.code == "NOT_FOUND" and exc.field == "model":
         code = "model_not_found"
-    body = ErrorBody(error=ErrorDetail(message=exc.message, type=kind, param=exc.field, code=code))
+    body = OpenAIErrorBody(error=ErrorDetail(message=exc.message, type=kind, param=exc.field, code=code))
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
