@@ -44,6 +44,7 @@ def apply(engine, overrides: dict) -> list[str]:
     if perf.quantize != "none":
         edit.adapters = []
     acceleration.compile_regional(pipe.transformer, perf)
+    acceleration.offload_text_encoder(pipe, perf)
     pipe.prompt_cache = acceleration.PromptCache(perf.prompt_cache_size) if perf.prompt_cache_size else None
     if engine.refiner is not None:
         acceleration.set_attention_backend(engine.refiner.pipe.transformer, perf.attention_backend, where)

@@ -90,6 +90,25 @@ def fuse_and_quantize(pipe, perf: Performance, where: str) -> str | None:
     return perf.fuse_lora
 
 
+def offload_text_encoder(pipe, perf: Performance) -> None:
+    """Park the text encoder in CPU memory behind an accelerate hook that brings it to the
+    pipeline's device for each forward; ``release_text_encoder`` sends it back after encoding."""
+    if not perf.offload_text_encoder:
+        return
+    from accelerate import cpu_offload_with_hook
+
+    device = pipe.device
+    pipe.text_encoder.to("cpu")
+    _, pipe.text_encoder_hook = cpu_offload_with_hook(pipe.text_encoder, execution_device=device)
+    log.info("text encoder kept in CPU memory; moved to %s only to encode", device)
+
+
+def release_text_encoder(pipe) -> None:
+    hook = getattr(pipe, "text_encoder_hook", None)
+    if hook is not None:
+        hook.offload()
+
+
 def compile_regional(transformer, perf: Performance) -> None:
     if perf.compile == "off":
         return

@@ -296,8 +296,15 @@ class EditEngine:
             progress("refine", i + 1, p.num_timesteps)
             return kwargs
 
+        texts: dict = {"prompt": prompt}
+        if getattr(pipe, "text_encoder_hook", None) is not None:
+            # Encode first so the offloaded text encoder leaves the GPU before the denoise loop.
+            cfg = entry.default_guidance > 1
+            embeds, negative = pipe.encode_prompt(prompt, device=pipe.device, do_classifier_free_guidance=cfg)
+            acceleration.release_text_encoder(pipe)
+            texts = {"prompt_embeds": embeds} | ({"negative_prompt_embeds": negative} if cfg else {})
         out = pipe(
-            prompt=prompt,
+            **texts,
             image=picture,
             strength=strength,
             height=h,

@@ -101,6 +101,7 @@ def load_edit_model(registry: Registry, device: str | None = None) -> LoadedEdit
     if perf.quantize != "none":
         adapters = []
     acceleration.compile_regional(pipe.transformer, perf)
+    acceleration.offload_text_encoder(pipe, perf)
     pipe.prompt_cache = acceleration.PromptCache(perf.prompt_cache_size) if perf.prompt_cache_size else None
 
     schedulers = {"default": pipe.scheduler}
@@ -126,4 +127,5 @@ def load_refiner(registry: Registry, device: str | None = None) -> LoadedRefiner
     perf = entry.performance
     acceleration.set_attention_backend(pipe.transformer, perf.attention_backend, f"models.{name}")
     acceleration.compile_regional(pipe.transformer, perf)
+    acceleration.offload_text_encoder(pipe, perf)
     return LoadedRefiner(name, entry, pipe, {f"{name}/{k}": v for k, v in folder_hashes(folder).items()})

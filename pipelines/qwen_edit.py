@@ -54,6 +54,8 @@ class _StageClock:
 class RetouchQwenEditPipeline(QwenImageEditPlusPipeline):
     # set by the loader from weights.yaml (performance.prompt_cache_size); None = always encode
     prompt_cache = None
+    # set by the loader (performance.offload_text_encoder): sends the text encoder back to CPU memory
+    text_encoder_hook = None
 
     def _encode_cached(self, *, prompt, image, device, max_sequence_length):
         cache = self.prompt_cache
@@ -64,6 +66,8 @@ class RetouchQwenEditPipeline(QwenImageEditPlusPipeline):
         encoded = self.encode_prompt(
             prompt=prompt, image=image, device=device, max_sequence_length=max_sequence_length
         )
+        if self.text_encoder_hook is not None:
+            self.text_encoder_hook.offload()  # free its GPU memory before the denoise loop
         if cache is not None:
             cache.put(key, encoded)
         return encoded

@@ -102,3 +102,17 @@ def test_regional_compile_warms_up_and_never_recompiles_between_modes_and_sizes(
         out = compiled.run(job).images[0]  # a recompile would raise here
         diff = np.abs(pixels(out.data) - pixels(engine.run(job).images[0].data))
         assert diff.max() <= 3, f"compiled output differs by {diff.max()} for {lightning} at {size}"
+
+
+def test_offloaded_text_encoders_give_the_same_pictures_and_leave_the_device(registry, engine):
+    name, entry = registry.model_for("refiner")
+    refiner = entry.model_copy(update={"performance": Performance(offload_text_encoder=True)})
+    both = with_performance(registry, offload_text_encoder=True)
+    both = both.model_copy(update={"models": {**both.models, name: refiner}})
+    offloaded = EditEngine(both)
+    job = spec(refine_strength=0.5)
+    assert offloaded.run(job).images[0].sha256 == engine.run(job).images[0].sha256
+    for pipe in (offloaded.edit.pipe, offloaded.refiner.pipe):
+        assert pipe.text_encoder_hook is not None
+        # after the job the encoder sits in CPU memory (on a GPU box: off the GPU, its memory freed)
+        assert next(pipe.text_encoder.parameters()).device.type == "cpu"
