@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     # JSON object {api_key: budget in USD}; keys without an entry have no budget.
     key_budgets_usd: dict[str, float] = Field(default_factory=dict)
     price_per_gpu_hour_usd: float = Field(default=0.0, ge=0)
+    # Depicta reports money in EUR: its cost_eur/balance_eur are the USD figures times this rate.
+    eur_per_usd: float = Field(default=1.0, gt=0)
 
     result_ttl_s: float = Field(default=24 * 3600, gt=0)
     upload_ttl_s: float = Field(default=24 * 3600, gt=0)

@@ -40,6 +40,7 @@ def server(tmp_path_factory):
         api_keys=f"{KEY},broke-key,rich-key,other-key",
         key_budgets_usd={"broke-key": 0.0, "rich-key": 5.0},
         upload_max_bytes=200_000,
+        eur_per_usd=0.5,
     )
     srv = AsgiServer(settings)
     srv.limited_key, _ = KeysFile(settings.keys_path).add("limited", ["edit"], rate_per_min=1)
@@ -170,7 +171,8 @@ def test_depicta_balance_is_reported_for_keys_with_a_budget(server):
     resp = _edit(
         server, headers={"Authorization": "Bearer rich-key"}, prompt="x", input_image_url=up["upload_url"]
     )
-    assert resp.status_code == 200 and float(resp.json()["balance_eur"]) == 5.0
+    # a 5.00 USD budget at the configured 0.5 EUR per USD
+    assert resp.status_code == 200 and float(resp.json()["balance_eur"]) == 2.5
 
 
 def test_depicta_unauthorized_is_401(server):

@@ -195,6 +195,7 @@ class DepictaService:
             url = self.core.signed_url(f"/v1/jobs/{record.id}/images/0.{fmt}", URL_TTL_S)
             formats[fmt] = self._variant(url, data, fmt)
         balance = self.core.balance(record.meta.owner)
+        rate = self.core.settings.eur_per_usd
         return GenerationResponse(
             id=record.id,
             formats=formats,
@@ -202,9 +203,9 @@ class DepictaService:
             image_hash=formats["png"].hash,
             expires_at=formats["png"].expires_at,
             model=str(record.meta.options.get("model") or self._models()[0]),
-            # One accounting unit per server (price_per_gpu_hour_usd); Depicta names it EUR.
-            cost_eur=f"{self.core.cost_usd(record) or 0.0:.4f}",
-            balance_eur=f"{balance:.4f}" if balance is not None else None,
+            # The server accounts in USD (price_per_gpu_hour_usd, budgets); Depicta speaks EUR.
+            cost_eur=f"{(self.core.cost_usd(record) or 0.0) * rate:.4f}",
+            balance_eur=f"{balance * rate:.4f}" if balance is not None else None,
             warnings=record.warnings,
         )
 
