@@ -48,7 +48,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     pods = PodAgent(settings, store, registry, supervisor)
     core.pods = pods
     webhooks = WebhookSender(
-        store, settings, lambda contract, record: core.status_renderers[contract](record)
+        store,
+        settings,
+        lambda contract, record: core.status_renderers[contract](record),
+        lambda contract, record: core.after_webhook.get(contract, lambda _: None)(record),
     )
 
     @asynccontextmanager

@@ -58,6 +58,8 @@ class Core:
         self.files = files
         # contract name -> function(JobRecord) -> dict; webhooks post what the status endpoint shows
         self.status_renderers: dict[str, Any] = {}
+        # contract name -> function(JobRecord) run once its webhook was delivered (inline results)
+        self.after_webhook: dict[str, Callable[[JobRecord], None]] = {}
         # Called after a job is queued, so an idle worker starts it now rather than at its next poll.
         self.on_queued: list[Callable[[], None]] = []
         self.keys = KeyRing(

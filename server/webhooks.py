@@ -28,11 +28,13 @@ log = logging.getLogger("retouch.webhooks")
 
 
 class WebhookSender:
-    def __init__(self, store: JobStore, settings, render_status):
-        """``render_status(contract, record) -> dict``: the body the status endpoint would answer."""
+    def __init__(self, store: JobStore, settings, render_status, on_delivered=None):
+        """``render_status(contract, record) -> dict``: the body the status endpoint would answer;
+        ``on_delivered(contract, record)``: called once a receiver accepted it."""
         self.store = store
         self.settings = settings
         self.render_status = render_status
+        self.on_delivered = on_delivered
         self.signer = Webhook(settings.webhook_secret)
         # Receivers are client-named URLs: the same SSRF checks (and allowlist) as input fetches.
         self.policy = FetchPolicy.from_settings(settings)
@@ -105,6 +107,11 @@ class WebhookSender:
             if 200 <= resp.status_code < 300:
                 self.store.delivery_done(delivery.id)
                 metrics.record_webhook("delivered")
+                if self.on_delivered is not None:
+                    try:
+                        self.on_delivered(delivery.contract, record)
+                    except Exception:
+                        log.exception("after-delivery step failed", extra={"job_id": delivery.job_id})
                 log.info(
                     "webhook delivered",
                     extra={

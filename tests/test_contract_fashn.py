@@ -282,6 +282,25 @@ def test_fashn_webhook_posts_the_status_body(server):
         headers, body = got[0]
         payload = Webhook(server.settings.webhook_secret).verify(body, headers)
         assert payload["id"] == run["id"] and payload["status"] == "completed" and payload["output"]
+        # return_base64 with a webhook only: the pictures travel in it, and none stays on disk after
+        done.clear()
+        inline = {"image": data_url(png_bytes()), "prompt": "hook", "return_base64": True}
+        run = _run(server, inline, webhook_url=hook).json()
+        assert done.wait(30), "no webhook"
+        payload = Webhook(server.settings.webhook_secret).verify(got[1][1], got[1][0])
+        assert payload["output"][0].startswith("data:image/")
+        results = server.app.state.core.files.root / "results" / run["id"]
+
+        def kept() -> list[str]:
+            try:
+                return [p.name for p in results.iterdir()]
+            except FileNotFoundError:  # the folder itself may go with its last file
+                return []
+
+        deadline = time.monotonic() + 10
+        while kept() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert kept() == []
     finally:
         httpd.shutdown()
 

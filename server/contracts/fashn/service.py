@@ -74,6 +74,8 @@ class FashnService:
         self.core = core
         # Webhooks carry what the status endpoint shows; they never delete inline results.
         core.status_renderers[CONTRACT] = lambda record: self.render_status(record).model_dump()
+        # return_base64: the webhook carried the pictures, so nothing is kept after it is delivered
+        core.after_webhook[CONTRACT] = self._drop_inline_results
 
     def submit(self, req: RunRequest, owner: str) -> RunResponse:
         inputs = req.inputs
@@ -121,6 +123,10 @@ class FashnService:
         if record.meta.inline_results and body.output:
             return body, lambda: self.core.drop_results(record)
         return body, None
+
+    def _drop_inline_results(self, record: JobRecord) -> None:
+        if record.meta.inline_results and record.status == JobStatus.COMPLETED:
+            self.core.drop_results(record)
 
     def render_status(self, record: JobRecord) -> FashnStatusResponse:
         status = _STATUS[record.status]
