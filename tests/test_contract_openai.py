@@ -137,6 +137,21 @@ def test_openai_asgi_json_edit_answers_in_openai_shape(asgi):
     assert r.headers["x-retouch-job-id"].startswith("job_")
 
 
+def test_openai_asgi_idempotent_retry_of_an_inline_answer_gets_the_same_pictures(asgi):
+    headers = {**AUTH, "Idempotency-Key": "retry-after-a-dropped-connection"}
+    first = _post(asgi, headers=headers, json=_json_edit(n=2))
+    again = _post(asgi, headers=headers, json=_json_edit(n=2))
+    assert first.status_code == again.status_code == 200, again.text
+    assert first.headers["x-retouch-job-id"] == again.headers["x-retouch-job-id"]
+    assert [d["b64_json"] for d in first.json()["data"]] == [d["b64_json"] for d in again.json()["data"]]
+    # without the header nothing is kept once the pictures went out inline
+    plain = _post(asgi, json=_json_edit())
+    job_id = plain.headers["x-retouch-job-id"]
+    assert not (asgi.app.state.core.files.root / "results" / job_id).is_dir() or not any(
+        (asgi.app.state.core.files.root / "results" / job_id).iterdir()
+    )
+
+
 def test_openai_asgi_http_image_url_and_url_response(asgi):
     host = PictureHost(png_bytes(40, 30))
     try:

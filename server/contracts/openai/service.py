@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipelines.registry import PublicModel, QualityPreset
 
+from ...auth import request_headers
 from ...core import Core, NamedInput
 from ...errors import ServiceError, http_status_for
 from ...jobs import JobMeta, JobRecord, JobStatus
@@ -235,6 +236,12 @@ class OpenAIService:
             total_tokens=out, input_tokens=0, output_tokens=out, input_tokens_details=InputTokensDetails()
         )
 
+    def _drop_inline(self, record: JobRecord) -> None:
+        """Pictures sent inline are not kept, as nothing else can ask for them; unless the request
+        carried an Idempotency-Key: a retry of it must get the same answer (kept until the TTL)."""
+        if not (request_headers.get() or {}).get("idempotency-key"):
+            self.core.drop_results(record)
+
     def _pictures(self, record: JobRecord) -> list[bytes]:
         blobs = self.core.result_bytes(record)
         if blobs is None:
@@ -251,8 +258,7 @@ class OpenAIService:
             ]
         else:
             blobs = self._pictures(record)
-            # Pictures sent inline are not kept: nothing else can ask for them.
-            self.core.drop_results(record)
+            self._drop_inline(record)
             data = [
                 ImageData(
                     b64_json=base64.b64encode(blob).decode(),
@@ -329,7 +335,7 @@ class OpenAIService:
                 if plan.enhance:
                     event["revised_prompt"] = result.revised_prompt
                 yield _sse("image_edit.completed", event)
-            self.core.drop_results(record)
+            self._drop_inline(record)
         finally:
             if not finished:  # the client went away mid-stream: nobody will read this edit
                 self.core.cancel(record.id, owner)
