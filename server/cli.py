@@ -116,13 +116,14 @@ def serve(
     insecure_no_auth: bool = typer.Option(
         False, "--insecure-no-auth", help="Serve a non-loopback address without API keys (trusted network)"
     ),
+    log_level: str | None = typer.Option(None, "--log-level", help="DEBUG | INFO | WARNING | ERROR [INFO]"),
 ) -> None:
     """Start the HTTP server with its GPU workers (settings also from RETOUCH_* variables)."""
     from server.serve import serve_command
 
     flags = {"weights": weights, "host": host, "port": port, "data_dir": data_dir}
     flags.update(server_id=server_id, workers=workers, insecure_no_auth=insecure_no_auth or None)
-    flags.update(role=role)
+    flags.update(role=role, log_level=log_level)
     serve_command({k: v for k, v in flags.items() if v is not None})
 
 

@@ -180,3 +180,10 @@ def test_no_secrets_or_picture_bytes_in_the_log(served_log):
     assert picture[:40] not in text and "iVBORw0KGgo" not in text  # base64 of a PNG's first bytes
     assert not re.search(r"sig=(?!\[redacted\])", text)
     assert "sig=[redacted]" in text  # the result download was logged, without its signature
+
+
+def test_serve_log_level_flag_reaches_the_settings(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--log-level", "LOUD", "--data-dir", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=root)
+    assert done.returncode == 2 and "log_level" in done.stderr and "Traceback" not in done.stderr
