@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
 
-from tests.server_harness import WEIGHTS_YAML
+from tests.server_harness import WEIGHTS_YAML, PictureHost  # noqa: F401 (used by the contract tests)
 
 KEY = "sk-test-openai"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -47,26 +45,3 @@ def rgba_mask(width: int, height: int, hole: tuple[int, int, int, int]) -> bytes
     buf = io.BytesIO()
     mask.save(buf, "PNG")
     return buf.getvalue()
-
-
-class PictureHost:
-    """Serves one PNG over http on loopback, for the ``image_url: http://...`` case."""
-
-    def __init__(self, data: bytes):
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/photo.png"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()

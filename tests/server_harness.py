@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -197,3 +198,57 @@ class ServeProcess:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+class PictureHost:
+    """Serves one PNG over http on loopback (for URL inputs); ``hits`` counts the fetches."""
+
+    def __init__(self, data: bytes):
+        host = self
+        self.hits = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                host.hits += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/photo.png"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+class WebhookReceiver:
+    """A loopback webhook endpoint: ``got`` holds (headers, body) of each POST; ``done`` is set on one."""
+
+    def __init__(self):
+        receiver = self
+        self.got: list[tuple[dict, bytes]] = []
+        self.done = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.got.append((dict(self.headers.items()), body))
+                self.send_response(204)
+                self.end_headers()
+                receiver.done.set()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()

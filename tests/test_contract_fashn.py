@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
@@ -22,7 +20,14 @@ from standardwebhooks import Webhook
 
 from pipelines.images import is_ai_marked
 from server.auth import KeysFile
-from tests.server_harness import WEIGHTS_YAML, AsgiServer, ServeProcess, make_settings, png_bytes
+from tests.server_harness import (
+    WEIGHTS_YAML,
+    AsgiServer,
+    ServeProcess,
+    WebhookReceiver,
+    make_settings,
+    png_bytes,
+)
 from tests.server_harness import free_port as _free_port
 
 KEY = "fashn-key"
@@ -260,23 +265,10 @@ def test_fashn_queue_states_and_time_out(server):
 
 
 def test_fashn_webhook_posts_the_status_body(server):
-    got: list[tuple[dict, bytes]] = []
-    done = threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            got.append((dict(self.headers.items()), self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(204)
-            self.end_headers()
-            done.set()
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    receiver = WebhookReceiver()
+    got, done = receiver.got, receiver.done
     try:
-        hook = f"http://127.0.0.1:{httpd.server_address[1]}/hook"
+        hook = receiver.url
         run = _run(server, {"image": data_url(png_bytes()), "prompt": "hook"}, webhook_url=hook).json()
         assert done.wait(30), "no webhook"
         headers, body = got[0]
@@ -302,7 +294,7 @@ def test_fashn_webhook_posts_the_status_body(server):
             time.sleep(0.05)
         assert kept() == []
     finally:
-        httpd.shutdown()
+        receiver.close()
 
 
 # -- end to end: the official client against `retouch serve` on tiny weights -----------------------

@@ -6,47 +6,18 @@ import base64
 import statistics
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from benchmarks.reliability import record
-from tests.server_harness import AsgiServer, make_settings, png_bytes
+from tests.server_harness import AsgiServer, PictureHost, make_settings, png_bytes
 
 IMG = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
 
 
-class PictureServer:
-    """Serves one PNG on loopback and counts the GETs it answers."""
-
-    def __init__(self):
-        self.hits = 0
-        outer = self
-        picture = png_bytes(40, 30)
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.hits += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(picture)))
-                self.end_headers()
-                self.wfile.write(picture)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/photo.png"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-
-
 @pytest.fixture
 def pictures():
-    server = PictureServer()
+    server = PictureHost(png_bytes(40, 30))
     yield server
     server.close()
 

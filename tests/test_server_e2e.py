@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from imagepipeline.exceptions import APIError
 from PIL import Image
 from standardwebhooks import Webhook
 
-from tests.server_harness import ServeProcess, png_bytes
+from tests.server_harness import ServeProcess, WebhookReceiver, png_bytes
 from tests.server_harness import free_port as _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,24 +107,11 @@ def test_server_e2e_profiles(client):
 
 
 def test_server_e2e_webhook(client, serve):
-    got: list[tuple[dict, bytes]] = []
-    done = threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            got.append((dict(self.headers.items()), self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(204)
-            self.end_headers()
-            done.set()
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    receiver = WebhookReceiver()
+    got, done = receiver.got, receiver.done
     try:
         up = client.upload.image(io.BytesIO(png_bytes()), filename="a.png")
-        hook = f"http://127.0.0.1:{httpd.server_address[1]}/hook"
+        hook = receiver.url
         queued = client.edit.image(prompt="hook me", input_image=up.url, callback_url=hook, wait=False)
         assert done.wait(120), "no webhook"
         headers, body = got[0]
@@ -136,7 +121,7 @@ def test_server_e2e_webhook(client, serve):
             payload["job_id"] == queued.job_id and payload["status"] == "completed" and payload["result_url"]
         )
     finally:
-        httpd.shutdown()
+        receiver.close()
 
 
 @pytest.mark.slow
