@@ -33,14 +33,20 @@ def serve_command(flags: dict) -> None:
     try:
         # Fail here, with the list of missing paths, rather than in every worker later.
         registry = load_registry(settings.weights)
-        if settings.role != "api":  # an API pod validates jobs against weights.yaml but loads no weights
+        # An API pod validates jobs against weights.yaml but loads no weights; a custom engine
+        # factory (benchmarks' full-size random models, test fakes) brings its own.
+        loads_files = (
+            settings.role != "api"
+            and settings.engine_factory == Settings.model_fields["engine_factory"].default
+        )
+        if loads_files:
             require_files(registry)
     except RegistryError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from None
     # Weights that were pulled or imported carry a manifest: refuse to serve a tampered or
     # truncated file (fast path: sizes plus hashes cached by mtime).
-    has_manifest = settings.role != "api" and manifest_path(registry).exists()
+    has_manifest = loads_files and manifest_path(registry).exists()
     problems = verify(registry, full=False) if has_manifest else []
     if problems:
         for problem in problems:

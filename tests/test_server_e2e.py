@@ -184,3 +184,31 @@ def test_server_api_process_never_imports_the_model_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "set()", out.stderr
+
+
+def test_serve_with_its_own_engine_factory_needs_no_weight_files(tmp_path):
+    """`benchmarks/server_overhead.py --full` builds full-size random models inside the worker; the
+    committed weights.yaml (whose files are not on disk here) still drives validation."""
+    import os
+    import time
+
+    port = _free_port()
+    env = dict(os.environ, RETOUCH_ENGINE_FACTORY="tests.fakes:FakeEngine", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--weights", str(ROOT / "weights.yaml"),
+           "--port", str(port), "--data-dir", str(tmp_path / "data")]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise AssertionError("not ready")
+    finally:
+        proc.terminate()
+        proc.wait(30)
