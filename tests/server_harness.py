@@ -228,9 +228,11 @@ class PictureHost:
 
 
 class WebhookReceiver:
-    """A loopback webhook endpoint: ``got`` holds (headers, body) of each POST; ``done`` is set on one."""
+    """A loopback webhook endpoint that answers 500 to its first ``fail_first`` POSTs and 204 after.
 
-    def __init__(self):
+    ``got`` holds (lower-cased headers, body) of every POST; ``done`` is set on each accepted one."""
+
+    def __init__(self, fail_first: int = 0):
         receiver = self
         self.got: list[tuple[dict, bytes]] = []
         self.done = threading.Event()
@@ -238,10 +240,12 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.got.append((dict(self.headers.items()), body))
-                self.send_response(204)
+                receiver.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                accepted = len(receiver.got) > fail_first
+                self.send_response(204 if accepted else 500)
                 self.end_headers()
-                receiver.done.set()
+                if accepted:
+                    receiver.done.set()
 
             def log_message(self, *args):
                 pass
@@ -252,3 +256,7 @@ class WebhookReceiver:
 
     def close(self):
         self.httpd.shutdown()
+
+    @property
+    def calls(self) -> int:
+        return len(self.got)

@@ -19,9 +19,9 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server_harness import ServeProcess
+from tests.server_harness import ServeProcess, WebhookReceiver
 from tests.server_harness import free_port as _free_port
-from tests.test_metrics import KEY, FlakyReceiver, _submit, _wait
+from tests.test_metrics import KEY, _submit, _wait
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = json.loads((ROOT / "deploy/grafana/retouch-dashboard.json").read_text())
@@ -91,7 +91,7 @@ def exported(tiny_weights, tmp_path_factory) -> dict[str, tuple[str, str, set[st
         env.setenv("RETOUCH_WEBHOOK_BACKOFF_INITIAL_S", "0.2")
         env.setenv("RETOUCH_WEBHOOK_BACKOFF_MAX_S", "0.5")
         server = ServeProcess(tiny_weights, data, _free_port())
-    receiver = FlakyReceiver()
+    receiver = WebhookReceiver(fail_first=1)
     try:
         server.wait()
         job = _submit(server, "make it warmer", callback_url=receiver.url, refine_strength=0.3)

@@ -10,9 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import encode, make_photo
-from tests.server_harness import ServeProcess
+from tests.server_harness import ServeProcess, WebhookReceiver
 from tests.server_harness import free_port as _free_port
 
 KEY = "metrics-test-key-0123456789"
@@ -69,31 +67,6 @@ def value(samples, name: str, **labels) -> float | None:
 
 def names(samples) -> set[str]:
     return {name for name, _ in samples}
-
-
-class FlakyReceiver:
-    """A webhook receiver that answers 500 to the first delivery and 204 afterwards."""
-
-    def __init__(self):
-        self.calls = 0
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                receiver.calls += 1
-                self.send_response(500 if receiver.calls == 1 else 204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +143,7 @@ def test_metrics_before_any_job(server):
 
 
 def test_metrics_count_jobs_stages_queue_and_webhooks_across_processes(server):
-    receiver = FlakyReceiver()
+    receiver = WebhookReceiver(fail_first=1)
     try:
         # The worker is frozen in the middle of a job, so a second one has to wait in the queue.
         slow = start_long_job(server.base_url, HEADERS)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from tests.server_harness import AsgiServer, make_settings, png_bytes
+from tests.server_harness import AsgiServer, WebhookReceiver, make_settings, png_bytes
 
 IMG = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
 
@@ -85,38 +83,9 @@ def test_server_hung_job_times_out(tmp_path):
         srv.close()
 
 
-class _Receiver:
-    """A local webhook endpoint that fails its first ``fail_first`` calls."""
-
-    def __init__(self, fail_first: int):
-        self.calls: list[tuple[dict, bytes]] = []
-        self.got = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.calls.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                ok = len(receiver.calls) > fail_first
-                self.send_response(200 if ok else 500)
-                self.end_headers()
-                if ok:
-                    receiver.got.set()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-
-
 @pytest.fixture
 def receiver():
-    r = _Receiver(fail_first=1)
+    r = WebhookReceiver(fail_first=1)
     yield r
     r.close()
 
@@ -126,9 +95,9 @@ def test_server_webhook_signed_retried_once_delivered(tmp_path, receiver):
     try:
         job_id = _submit(srv, "hooked", callback_url=receiver.url)
         status = srv.wait_status(job_id)
-        assert receiver.got.wait(20), "webhook never delivered"
-        assert len(receiver.calls) == 2  # one failure (500), then the retry
-        (h1, b1), (h2, b2) = receiver.calls
+        assert receiver.done.wait(20), "webhook never delivered"
+        assert receiver.calls == 2  # one failure (500), then the retry
+        (h1, b1), (h2, b2) = receiver.got
         assert h1["webhook-id"] == h2["webhook-id"] == f"msg_{job_id}_completed"
         payload = Webhook(srv.settings.webhook_secret).verify(b2, h2)
         assert payload["job_id"] == job_id and payload["status"] == "completed"
