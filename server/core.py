@@ -29,6 +29,7 @@ from .files import FileStore, safe_filename
 from .jobs import EditJob, InputRef, JobMeta, JobRecord
 from .limits import Admission
 from .settings import Settings
+from .storage import StorageGuard
 from .store import JobStore, Upload
 
 log = logging.getLogger("retouch.core")
@@ -71,6 +72,8 @@ class Core:
         self.fetch_policy = FetchPolicy.from_settings(settings)
         # server/pods.py PodAgent: which pods are alive (set by create_app; None = this server only).
         self.pods = None
+        # Free-space floor of the data disk: nothing is written below it (server/storage.py).
+        self.storage = StorageGuard(settings)
 
     # -- auth and money ----------------------------------------------------------------------
     def authenticate(self, api_key: str | None, scope: str = "edit") -> str:
@@ -141,6 +144,7 @@ class Core:
         validate and queue; nothing is fetched or decoded before the slot is reserved."""
         body = {"params": params, "images": image_urls, "inputs": inputs, "contract": meta.contract}
         body |= {"callback_url": meta.callback_url, "profile_id": meta.profile_id}
+        self.storage.check()  # before admission: an Idempotency-Key record is a write too
         with self.admission.admit(meta.owner, str(params.get("prompt") or ""), body) as ticket:
             if ticket.existing_job_id is not None:
                 return self.get_job(ticket.existing_job_id, meta.owner)
@@ -218,14 +222,15 @@ class Core:
             warnings = check_spec(spec, self.registry)
         except EngineError as exc:
             raise ServiceError.from_engine(exc) from None
-        for ref, data in zip(refs, pictures, strict=True):
-            self.files.write(ref.path, data)
-        for path, data in preloaded.items():
-            self.files.write(path, data)
         meta = meta.model_copy(update={"warnings": meta.warnings + warnings, "model": self._job_model()})
         try:
-            record = self.store.add_job(job_id, job, meta, max_queued=self.settings.max_queued_jobs)
-        except ServiceError:
+            with self.storage.full_disk_refused():  # filled since the floor was checked
+                for ref, data in zip(refs, pictures, strict=True):
+                    self.files.write(ref.path, data)
+                for path, data in preloaded.items():
+                    self.files.write(path, data)
+                record = self.store.add_job(job_id, job, meta, max_queued=self.settings.max_queued_jobs)
+        except Exception:
             self.files.delete_tree(f"inputs/{job_id}")
             raise
         log.info("job queued", extra={"job_id": job_id, "contract": meta.contract, "kind": record.kind})
@@ -284,6 +289,7 @@ class Core:
 
     # -- files -------------------------------------------------------------------------------
     def save_upload(self, data: bytes, filename: str | None, owner: str) -> tuple[Upload, str]:
+        self.storage.check()
         if len(data) > self.settings.upload_max_bytes:
             raise ServiceError(
                 "FILE_TOO_LARGE",
@@ -305,11 +311,17 @@ class Core:
             filename=name,
             content_type=content_type,
             size_bytes=len(data),
-            path=self.files.write(f"uploads/{upload_id}/{name}", data),
+            path=f"uploads/{upload_id}/{name}",
             created_at=now,
             expires_at=now + self.settings.upload_ttl_s,
         )
-        self.store.add_upload(upload)
+        try:
+            with self.storage.full_disk_refused():
+                self.files.write(upload.path, data)
+                self.store.add_upload(upload)
+        except Exception:
+            self.files.delete_tree(f"uploads/{upload_id}")
+            raise
         return upload, self.signed_url(f"{UPLOAD_PREFIX}{upload_id}/{name}", self.settings.upload_ttl_s)
 
     def signed_url(self, path: str, ttl_s: float | None = None) -> str:

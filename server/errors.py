@@ -43,6 +43,9 @@ ERROR_TABLE: dict[str, ErrorKind] = {
     "PAYLOAD_TOO_LARGE": ErrorKind(413),
     "INPUT_URL_BLOCKED": ErrorKind(422),
     "NOT_READY": ErrorKind(503, retryable=True),
+    # The data disk is below RETOUCH_MIN_FREE_BYTES: 503 + Retry-After (not WebDAV's 507), because
+    # it passes by itself and 503 is the status the official clients and proxies retry on.
+    "STORAGE_FULL": ErrorKind(503, retryable=True),
     "INTERNAL_ERROR": ErrorKind(500, retryable=True),
     # Failure reasons of jobs (reported in status bodies, not as HTTP answers).
     "CANCELLED": ErrorKind(409),

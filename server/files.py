@@ -31,8 +31,13 @@ class FileStore:
         full = self.path(relative)
         full.parent.mkdir(parents=True, exist_ok=True)
         tmp = full.with_suffix(full.suffix + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(full)  # readers never see half a file
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(full)  # readers never see half a file
+        except BaseException:
+            # A full disk (or a kill) mid-write: the half file would hold the space nobody can use.
+            tmp.unlink(missing_ok=True)
+            raise
         return relative
 
     def read(self, relative: str) -> bytes:

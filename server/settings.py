@@ -76,6 +76,16 @@ class Settings(BaseSettings):
     # Past the job time limit (checked between steps), a stuck worker gets this long before it is killed.
     hard_timeout_grace_s: float = Field(default=30.0, ge=0)
     cleanup_interval_s: float = Field(default=60.0, gt=0)
+    # Free bytes the data disk must keep (server/storage.py): below it submissions and uploads are
+    # refused with STORAGE_FULL, workers take no job and /readyz is 503. 256 MiB holds a few
+    # full-size results (a 4k PNG is ~30 MB) plus the SQLite journal's growth. 0 turns it off.
+    min_free_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    # Retry-After (s) of a STORAGE_FULL answer: space comes back when an operator or the result
+    # expiry frees it, so clients should not hammer.
+    storage_full_retry_after_s: int = Field(default=30, ge=1)
+    # A worker whose heartbeat thread is silent this long (stopped, frozen) is killed and replaced;
+    # its job goes back through the lease. Well under lease_s so the job waits less than a lease.
+    worker_hang_s: float = Field(default=10.0, gt=0)
 
     # Scale-out (docs/deploy.md). Set redis_url and the job store, queue, uploads, profiles and webhook
     # outbox live in Redis instead of the SQLite file, so several pods can share them.
