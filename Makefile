@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 WEIGHTS ?= weights.yaml
 
-.PHONY: install serve demo test lint format tiny clean
+.PHONY: install serve demo test lint format tiny clean gpu-wheels
 
 $(BIN)/retouch: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,6 +36,11 @@ lint: install
 
 tiny: install
 	$(BIN)/retouch weights tiny ./tiny-weights
+
+# The wheels the lent GPU machine lacks (its Python 3.12, x86-64) into ./.whl/, for the one GPU
+# command in benchmarks/README.md (carry: [".whl"]). Needs PyPI, not the GPU.
+gpu-wheels:
+	$(BIN)/python benchmarks/gpu_wheels.py --dest .whl
 
 clean:
 	rm -rf $(VENV) tiny-weights data .pytest_cache
