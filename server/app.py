@@ -90,11 +90,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     def readyz() -> JSONResponse:
-        # An API pod has no workers of its own: it is ready when some pod's worker is.
-        local = supervisor.alive() > 0 or settings.role == "api"
-        ready = local and core.ready() and not supervisor.draining
-        body = {"status": "ready" if ready else "not ready", "workers_alive": supervisor.alive()}
-        return JSONResponse(body, status_code=200 if ready else 503)
+        # An API pod has no workers of its own: it is ready when some pod's worker is. Alive means
+        # a live heartbeat, so a 503 never comes with a count that says otherwise.
+        alive = supervisor.beating()
+        shortage = core.storage.shortage()
+        if supervisor.draining:
+            reason = "the server is shutting down"
+        elif shortage is not None:
+            reason = f"STORAGE_FULL: {shortage}"
+        elif alive == 0 and settings.role != "api":
+            reason = "no worker is loaded and beating"
+        elif not core.ready():
+            reason = "no worker of any pod is loaded and beating"
+        else:
+            reason = None
+        body = {"status": "ready" if reason is None else "not ready", "workers_alive": alive}
+        if reason is not None:
+            body["reason"] = reason
+        return JSONResponse(body, status_code=200 if reason is None else 503)
 
     @app.get("/admin/v1/keys", tags=["admin"])
     def list_api_keys(x_api_key: str | None = Header(default=None)) -> dict:
@@ -120,7 +133,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Prometheus scrape endpoint: store gauges read now plus every process's counters (server/metrics.py).
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
-        body, content_type = metrics.exposition(core.store, heartbeat_max_age_s=max(10.0, settings.lease_s))
+        body, content_type = metrics.exposition(
+            core.store, heartbeat_max_age_s=max(10.0, settings.lease_s), storage=core.storage
+        )
         return Response(body, media_type=content_type)
 
     playground.mount(app)  # the web playground at / (server/static)

@@ -92,6 +92,11 @@ GPU_MEMORY_PEAK_BYTES = Gauge(
     ["worker", "device"],
     multiprocess_mode="livemax",
 )
+WORKER_KILLS = Counter(
+    "retouch_worker_kills",
+    "Workers the supervisor killed, by reason (hung: heartbeat silent; job_timeout: past the hard limit)",
+    ["reason"],
+)
 WEBHOOK_ATTEMPTS = Counter(
     "retouch_webhook_attempts",
     "Webhook delivery attempts, by result (delivered, failed = will retry, gave_up)",
@@ -148,6 +153,37 @@ def mark_worker_dead(pid: int | None) -> None:
 # -- API side ------------------------------------------------------------------------------
 def record_webhook(result: str) -> None:
     WEBHOOK_ATTEMPTS.labels(result).inc()
+
+
+def record_worker_kill(reason: str) -> None:
+    WORKER_KILLS.labels(reason).inc()
+
+
+class StorageCollector:
+    """Free space of the data disk, read at scrape time (``server.storage.StorageGuard``)."""
+
+    def __init__(self, storage):
+        self.storage = storage
+
+    def collect(self):
+        free = GaugeMetricFamily(
+            "retouch_storage_free_bytes", "Free bytes on each volume the server writes to", labels=["volume"]
+        )
+        full = GaugeMetricFamily(
+            "retouch_storage_full",
+            "1 while a volume is under RETOUCH_MIN_FREE_BYTES: submissions and uploads answer STORAGE_FULL",
+        )
+        floor = GaugeMetricFamily(
+            "retouch_storage_min_free_bytes", "The free-space floor (RETOUCH_MIN_FREE_BYTES)"
+        )
+        space = self.storage.space()
+        for volume in space:
+            free.add_metric([volume.name], volume.free_bytes)
+        floor.add_metric([], self.storage.min_free_bytes)
+        full.add_metric([], 1 if self.storage.shortage() is not None else 0)
+        yield free
+        yield full
+        yield floor
 
 
 class StoreCollector:
@@ -209,7 +245,7 @@ class _ThisProcess:
         yield from REGISTRY.collect()
 
 
-def exposition(store, heartbeat_max_age_s: float) -> tuple[bytes, str]:
+def exposition(store, heartbeat_max_age_s: float, storage=None) -> tuple[bytes, str]:
     """The body and content type of ``GET /metrics``."""
     registry = CollectorRegistry()
     if is_multiprocess():
@@ -217,4 +253,6 @@ def exposition(store, heartbeat_max_age_s: float) -> tuple[bytes, str]:
     else:  # prometheus-client was imported before our directory was set: only this process counts
         registry.register(_ThisProcess())
     registry.register(StoreCollector(store, heartbeat_max_age_s))
+    if storage is not None:
+        registry.register(StorageCollector(storage))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -103,7 +103,7 @@ class PodAgent:
             "models": models,
             "loras": loras,
             "workers": len(self.supervisor.slots),
-            "workers_alive": self.supervisor.alive(),
+            "workers_alive": self.supervisor.beating(),
         }
 
     def start(self) -> None:

@@ -15,12 +15,19 @@ from . import metrics
 from .files import FileStore
 from .settings import Settings
 from .store import JobStore
-from .worker import worker_main
+from .worker_process import Pulse, worker_main
 
 log = logging.getLogger("retouch.supervisor")
 
 # A worker is restarted at once the first time; one that keeps dying is restarted ever slower
 # (up to settings.worker_restart_max_delay_s).
+TICK_S = 0.5
+# A failing tick (the database's disk is full, the store is away) is retried after a pause that
+# doubles up to the maximum, with one log line per pause instead of a traceback per tick.
+TICK_BACKOFF_S = (1.0, 30.0)
+# A spawned worker's first beat may take this long (imports on a cold, busy machine); after it, a
+# silence of settings.worker_hang_s means the process is stopped or frozen.
+FIRST_BEAT_ALLOWANCE_S = 60.0
 
 
 class _Slot:
@@ -33,6 +40,7 @@ class _Slot:
         self.started_at = 0.0
         self.restart_delay = 0.0
         self.restart_at = 0.0
+        self.pulse: Pulse | None = None
 
 
 class Supervisor:
@@ -78,7 +86,20 @@ class Supervisor:
                 metrics.mark_worker_dead(slot.process.pid)
 
     def alive(self) -> int:
+        """Worker processes that exist (beating or not): what a shutdown waits for."""
         return sum(1 for s in self.slots if s.process is not None and s.process.is_alive())
+
+    def beating(self) -> int:
+        """Workers that are ready and whose heartbeat is live: what /readyz counts as alive."""
+        return sum(
+            1
+            for s in self.slots
+            if s.process is not None
+            and s.pulse is not None
+            and s.pulse.ready
+            and (s.pulse.age() or 0.0) <= self.settings.worker_hang_s
+            and s.process.is_alive()
+        )
 
     def wake(self) -> None:
         """Tell idle workers a job was queued, so they claim it now rather than at their next poll.
@@ -100,9 +121,17 @@ class Supervisor:
         if slot.wake_writer is not None:
             slot.wake_writer.close()
         slot.wake_writer = writer
+        slot.pulse = Pulse(self._context)
         slot.process = self._context.Process(
             target=worker_main,
-            args=(self.settings.model_dump_json(), slot.worker_id, slot.index, os.getpid(), reader),
+            args=(
+                self.settings.model_dump_json(),
+                slot.worker_id,
+                slot.index,
+                os.getpid(),
+                reader,
+                slot.pulse,
+            ),
             name=slot.worker_id,
             daemon=True,
         )
@@ -112,14 +141,26 @@ class Supervisor:
         log.info("started worker %s (pid %s)", slot.worker_id, slot.process.pid)
 
     def _loop(self) -> None:
-        while not self._stop.wait(0.5):
+        backoff, failures = 0.0, 0
+        while not self._stop.wait(backoff or TICK_S):
             try:
                 self.tick()
-            except Exception:
-                log.exception("supervisor tick failed")
+            except Exception as exc:
+                failures += 1
+                low, high = TICK_BACKOFF_S
+                backoff = min(max(backoff * 2, low), high)
+                # The traceback once; then one line per (doubling) pause, not one per tick.
+                log.warning(
+                    "supervisor tick failed (%s); next try in %g s", exc, backoff, exc_info=failures == 1
+                )
+                continue
+            if failures:
+                log.info("supervisor tick works again after %d failed tries", failures)
+            backoff, failures = 0.0, 0
 
     def tick(self) -> None:
         now = time.monotonic()
+        self._kill_silent_workers(now)
         for slot in self.slots:
             process = slot.process
             if process is not None and not process.is_alive():
@@ -144,10 +185,37 @@ class Supervisor:
             self._next_cleanup = now + self.settings.cleanup_interval_s
             self.cleanup()
 
+    def _kill_silent_workers(self, now: float) -> None:
+        """SIGKILL workers whose heartbeat thread went silent (stopped, frozen): the next lines of
+        the tick see them dead, release their leases (the job goes back to the queue) and restart."""
+        for slot in self.slots:
+            process, pulse = slot.process, slot.pulse
+            if process is None or pulse is None or not process.is_alive():
+                continue
+            age = pulse.age()
+            if age is None:  # not beaten yet: still starting
+                silent = now - slot.started_at
+                if silent <= FIRST_BEAT_ALLOWANCE_S:
+                    continue
+            elif age > self.settings.worker_hang_s:
+                silent = age
+            else:
+                continue
+            log.warning(
+                "worker %s (pid %s) missed its heartbeat for %.1f s: killing it (SIGKILL)",
+                slot.worker_id,
+                process.pid,
+                silent,
+            )
+            metrics.record_worker_kill("hung")
+            process.kill()  # SIGKILL: works on a stopped process too
+            process.join(timeout=2)
+
     def _kill(self, worker_id: str | None) -> None:
         for slot in self.slots:
             if slot.worker_id == worker_id and slot.process is not None and slot.process.is_alive():
                 log.warning("killing worker %s: its job is past the time limit", worker_id)
+                metrics.record_worker_kill("job_timeout")
                 slot.process.kill()
 
     def cleanup(self) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
-import signal
 import sys
 import threading
 import time
@@ -19,14 +17,17 @@ from pipelines.errors import EngineError, GPUOutOfMemoryError, JobCancelledError
 from . import metrics
 from .files import FileStore
 from .jobs import JobRecord, Progress, ResultFile
-from .logging_setup import configure_logging, job_context
 from .settings import Settings
-from .store import JobStore, SQLiteStore, open_store
+from .storage import StorageGuard, is_disk_full
+from .store import JobStore
 
 log = logging.getLogger("retouch.worker")
 
 # Progress is written at most this often (plus on every stage change): cheap for the worker.
 PROGRESS_INTERVAL_S = 0.5
+# After a result could not be stored for want of space, the worker takes no job for this long,
+# doubling on each further failure up to the maximum (a floor set too low must not spin the GPU).
+STORAGE_BACKOFF_S = (2.0, 60.0)
 
 
 class ShutdownHandBack(JobCancelledError):
@@ -79,6 +80,10 @@ class EditWorker:
         # SIGTERM: take no new job; the running one may finish until stop_deadline, then goes back.
         self.stopping = threading.Event()
         self.stop_deadline = float("inf")
+        self.storage = StorageGuard(settings)
+        self.storage_backoff_s = 0.0
+        self.claim_after = 0.0  # monotonic; set when a full disk sent a job back to the queue
+        self._storage_shortage: str | None = None
 
     def begin_stop(self) -> None:
         self.stop_deadline = time.monotonic() + self.settings.shutdown_grace_s
@@ -136,30 +141,49 @@ class EditWorker:
             log.warning("job failed", extra={"code": exc.code, "error": exc.message})
             metrics.record_job("failed")
             return
-        except Exception:
+        except Exception as exc:
+            if is_disk_full(exc):
+                self._storage_fault(record)
+                return
             log.exception("job failed in the worker")
             metrics.record_job("failed")
             self.store.fail(job_id, "INTERNAL_ERROR", "the worker failed on this job; it was logged", True)
             return
         seconds = time.monotonic() - started
         results = []
-        for i, out in enumerate(result.images):
-            path = self.files.write(f"results/{job_id}/{record.attempts}-{i}.{out.format}", out.data)
-            results.append(
-                ResultFile(
-                    path=path,
-                    mime_type=out.mime_type,
-                    format=out.format,
-                    width=out.width,
-                    height=out.height,
-                    sha256=out.sha256,
-                    seed=out.seed,
-                    revised_prompt=result.revised_prompt,
-                )
-            )
         warnings = record.warnings + [w for w in result.warnings if w not in record.warnings]
         timings = {stage: round(t, 4) for stage, t in result.timings.items()}
-        if self.store.complete(job_id, results, result.seed, seconds, warnings):
+        try:
+            for i, out in enumerate(result.images):
+                path = self.files.write(f"results/{job_id}/{record.attempts}-{i}.{out.format}", out.data)
+                results.append(
+                    ResultFile(
+                        path=path,
+                        mime_type=out.mime_type,
+                        format=out.format,
+                        width=out.width,
+                        height=out.height,
+                        sha256=out.sha256,
+                        seed=out.seed,
+                        revised_prompt=result.revised_prompt,
+                    )
+                )
+            completed = self.store.complete(job_id, results, result.seed, seconds, warnings)
+        except Exception as exc:
+            # Never leave the job "processing" behind a worker that gave up on it: it goes back to
+            # the queue (full disk) or fails; the files of this attempt go either way.
+            for r in results:
+                self.files.delete(r.path)
+            if is_disk_full(exc):
+                self._storage_fault(record)
+            else:
+                log.exception("could not store the job's result")
+                metrics.record_job("failed")
+                message = "the result could not be stored; it was logged"
+                self.store.fail(job_id, "INTERNAL_ERROR", message, True)
+            return
+        self.storage_backoff_s = 0.0
+        if completed:
             self._drop_inputs(job_id)
             log.info("job completed", extra={"seconds": round(seconds, 3), "timings": timings})
             metrics.record_job("completed", record.kind, {**result.timings, "total": seconds})
@@ -168,6 +192,48 @@ class EditWorker:
             # An earlier attempt (or a cancel) already ended this job: its outcome stays the only one.
             for r in results:
                 self.files.delete(r.path)
+
+    def _storage_fault(self, record: JobRecord) -> None:
+        """The disk filled up under a running job (another process, a race with the floor check):
+        the job goes back to the queue, or fails as retryable once it has had its attempts, and
+        this worker takes no job for a growing while."""
+        low, high = STORAGE_BACKOFF_S
+        self.storage_backoff_s = min(max(self.storage_backoff_s * 2, low), high)
+        self.claim_after = time.monotonic() + self.storage_backoff_s
+        try:
+            if record.attempts >= self.settings.max_attempts:
+                message = "the data disk was full when the result was written; retry later"
+                self.store.fail(record.id, "STORAGE_FULL", message, True)
+                self._drop_inputs(record.id)
+                metrics.record_job("failed")
+                outcome = "failed it as retryable"
+            else:
+                self.store.hand_back(record.id, self.worker_id)
+                metrics.record_job("handed_back")
+                outcome = "handed it back to the queue"
+        except Exception as exc:  # the store's own disk is full too: the lease runs out instead
+            if not is_disk_full(exc):
+                raise
+            outcome = "could not tell the store; its lease will run out"
+        log.warning(
+            "the data disk filled up under the job: %s; taking no job for %g s",
+            outcome,
+            self.storage_backoff_s,
+        )
+
+    def may_claim(self) -> bool:
+        """False while the disk is below the floor (or just after it filled under a job): a job
+        taken now could not store its result. Logs once when that starts and once when it ends."""
+        if time.monotonic() < self.claim_after:
+            return False
+        shortage = self.storage.shortage()
+        if shortage != self._storage_shortage:
+            if shortage is not None:
+                log.warning("taking no job: %s", shortage)
+            else:
+                log.info("the data disk has room again; taking jobs")
+            self._storage_shortage = shortage
+        return shortage is None
 
     def _preview_writer(self, job_id: str):
         """Previews go to files the API process polls: previews/{job_id}/{image}-{partial}.{format}.
@@ -187,95 +253,3 @@ class EditWorker:
 
     def _drop_inputs(self, job_id: str) -> None:
         self.files.delete_tree(f"inputs/{job_id}")
-
-
-class _Heartbeat(threading.Thread):
-    """Renews the lease of the running job and tells the API this worker is alive."""
-
-    def __init__(self, worker: EditWorker, store: JobStore, parent_pid: int):
-        super().__init__(daemon=True, name="heartbeat")
-        self.worker = worker
-        self.store = store
-        self.parent_pid = parent_pid
-        self.current: str | None = None
-
-    def run(self) -> None:
-        interval = min(self.worker.settings.lease_s / 3, 2.0)
-        while True:
-            if os.getppid() != self.parent_pid:
-                os._exit(0)  # the API process is gone; an orphan worker would hold the GPU
-            self.store.worker_heartbeat(self.worker.worker_id, os.getpid(), "ready")
-            metrics.report_gpu_memory(self.worker.worker_id)
-            if self.current is not None:
-                self.store.renew_lease(self.current, self.worker.worker_id, self.worker.settings.lease_s)
-            time.sleep(interval)
-
-
-def _pin_device(index: int, count: int) -> None:
-    if count < 2:
-        return
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    devices = visible.split(",") if visible else [str(i) for i in range(count)]
-    os.environ["CUDA_VISIBLE_DEVICES"] = devices[index % len(devices)]
-
-
-def _open_store(settings: Settings) -> JobStore:
-    """SQLite on one machine; on Redis this worker reads its pod's queue and its models' shared ones."""
-    if not settings.redis_url:
-        return SQLiteStore(settings.db_path, result_ttl_s=settings.result_ttl_s, workers=settings.workers)
-    from pipelines import load_registry
-
-    from .pods import held_models
-
-    models = held_models(load_registry(settings.weights))
-    return open_store(settings, server_id=settings.server_id, models=models)
-
-
-def _wait_for_wake(wake, timeout: float):
-    """Sleep until the API says a job was queued or ``timeout`` passes; returns the pipe, or None once
-    the API end is gone (then plain polling goes on)."""
-    if wake is None:
-        time.sleep(timeout)
-        return None
-    try:
-        if wake.poll(timeout):
-            while wake.poll(0):  # several jobs queued while busy: one claim round serves them all
-                wake.recv_bytes()
-        return wake
-    except (EOFError, OSError):
-        return None
-
-
-def worker_main(settings_json: str, worker_id: str, index: int, parent_pid: int, wake=None) -> None:
-    """Entry point of a spawned worker process."""
-    settings = Settings.model_validate_json(settings_json)
-    configure_logging(settings, process_name=worker_id)
-    _pin_device(index, settings.workers)
-    store = _open_store(settings)
-    worker = EditWorker(settings, store, FileStore(settings.files_root), worker_id)
-    store.worker_heartbeat(worker_id, os.getpid(), "loading")
-    worker.setup()
-    log.info("engine loaded; taking jobs")
-    heartbeat = _Heartbeat(worker, store, parent_pid)
-    heartbeat.start()
-    signal.signal(signal.SIGTERM, lambda signum, frame: worker.begin_stop())
-    waker = store.open_waker()  # Redis: jobs queued on any pod; None: this API's pipe (wake)
-    while not worker.stopping.is_set():
-        record = store.claim(worker_id, settings.lease_s)
-        if record is None:
-            if waker is not None:
-                waker.wait(settings.worker_poll_s)
-            else:
-                wake = _wait_for_wake(wake, settings.worker_poll_s)
-            continue
-        heartbeat.current = record.id
-        try:
-            with job_context(record.id):
-                worker.run(record)
-        finally:
-            heartbeat.current = None
-    # Stopped by SIGTERM: a job handed back mid-run is requeued now, not after its lease (the API
-    # process may be stopping too, so its supervisor might not get to it).
-    store.release_worker(worker_id)
-    store.requeue_expired(settings.max_attempts)
-    log.info("worker stopped (SIGTERM)")

@@ -153,7 +153,8 @@ def test_redis_status_the_same_from_every_pod(pod_store):
 def _agent(tmp_path, redis_url, prefix, store, server_id="api-a", role="api", alive=0, **settings):  # noqa: F811
     values = dict(weights=str(write_weights(tmp_path)), data_dir=tmp_path / server_id, server_id=server_id)
     values.update(redis_url=redis_url, redis_prefix=prefix, role=role, **settings)
-    supervisor = SimpleNamespace(slots=[None] * alive, alive=lambda: alive, draining=False)
+    count = lambda: alive  # noqa: E731
+    supervisor = SimpleNamespace(slots=[None] * alive, alive=count, beating=count, draining=False)
     settings = Settings(**values)
     return PodAgent(settings, store, load_registry(settings.weights), supervisor)
 

@@ -270,6 +270,17 @@ end
 return 1
 """
 
+# ARGV: prefix, job_id, worker_id. A worker gives up a job it still holds: queued again at once.
+HAND_BACK = """
+local id, worker = ARGV[2], ARGV[3]
+local key = jkey(id)
+if redis.call('HGET', key, 'status') ~= 'processing' or redis.call('HGET', key, 'lease_owner') ~= worker then
+  return 0
+end
+requeue(id, key)
+return 1
+"""
+
 # ARGV: prefix. Forget results past their TTL; returns their result lists (JSON) for file deletion.
 EXPIRE_RESULTS = """
 local ids = redis.call('ZRANGEBYSCORE', P .. ':results_expire', '-inf', fmt(now()))
@@ -353,6 +364,7 @@ SCRIPTS = {
     "cancel": CANCEL,
     "requeue_expired": REQUEUE_EXPIRED,
     "release_worker": RELEASE_WORKER,
+    "hand_back": HAND_BACK,
     "expire_results": EXPIRE_RESULTS,
     "due_deliveries": DUE_DELIVERIES,
     "expire_uploads": EXPIRE_UPLOADS,

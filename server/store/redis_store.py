@@ -282,6 +282,10 @@ class RedisStore(RedisSideTables, RedisLimitTables):
         self._run("release_worker", worker_id)
         self.worker_heartbeat(worker_id, 0, "dead")
 
+    def hand_back(self, job_id: str, worker_id: str) -> bool:
+        """The worker gives up a job it still holds (its result could not be stored): queued again."""
+        return self._run("hand_back", job_id, worker_id) == 1
+
     def overdue(self, timeout_s: float) -> list[tuple[str, str]]:
         cutoff = self.redis_now() - timeout_s
         out = []

@@ -341,6 +341,17 @@ class SQLiteStore(SideTables, LimitTables):
             )
             db.execute("UPDATE workers SET state='dead' WHERE id=?", (worker_id,))
 
+    def hand_back(self, job_id: str, worker_id: str) -> bool:
+        """The worker gives up a job it still holds (its result could not be stored): it is queued
+        again at once, in its old place."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status='queued', lease_owner=NULL, lease_expires=NULL, progress=NULL"
+                " WHERE id=? AND lease_owner=? AND status='processing'",
+                (job_id, worker_id),
+            )
+        return cur.rowcount == 1
+
     def overdue(self, timeout_s: float) -> list[tuple[str, str]]:
         rows = (
             self._db()
