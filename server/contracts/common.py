@@ -7,10 +7,13 @@ from collections.abc import Callable
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.params import Form
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from ..errors import ServiceError
+from .json_body import parse_json_object
 
 log = logging.getLogger("retouch.http")
 
@@ -28,6 +31,36 @@ def describe_validation(exc: RequestValidationError) -> ServiceError:
     return ServiceError("INVALID_PARAMETERS", f"{field}: {msg}", field=field)
 
 
+# Starlette's own refusals (a body it cannot parse, ...) by status, rendered as the contract's errors.
+_HTTP_CODES = {401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND", 413: "PAYLOAD_TOO_LARGE"}
+
+
+def from_http_exception(exc: HTTPException) -> ServiceError:
+    if exc.status_code >= 500:
+        return ServiceError("INTERNAL_ERROR", "internal error; it was logged")
+    detail = exc.detail if isinstance(exc.detail, str) else "the request could not be read"
+    return ServiceError(_HTTP_CODES.get(exc.status_code, "INVALID_PARAMETERS"), detail)
+
+
+class StrictJSONRequest(Request):
+    """A request whose ``json()`` is server.contracts.json_body's strict reader (FastAPI calls it)."""
+
+    async def json(self):
+        if not hasattr(self, "_strict_json"):
+            self._strict_json = parse_json_object(await self.body())
+        return self._strict_json
+
+
+def _check_json_body(request: Request) -> None:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise ServiceError(
+            "INVALID_PARAMETERS",
+            f"send the body as application/json (it was {content_type or 'sent without a content type'})",
+            field="body",
+        )
+
+
 def route_class(render: ErrorRenderer) -> type[APIRoute]:
     """An APIRoute whose errors (ours, validation, unexpected) all come out as ``render`` bodies."""
 
@@ -37,14 +70,22 @@ def route_class(render: ErrorRenderer) -> type[APIRoute]:
 
         def get_route_handler(self):
             handler = super().get_route_handler()
+            reads_json = self.body_field is not None and not isinstance(self.body_field.field_info, Form)
 
             async def guarded(request: Request) -> Response:
                 try:
+                    if reads_json:
+                        # Read and refuse here: FastAPI would turn any error of json() into a bare 400.
+                        request = StrictJSONRequest(request.scope, request.receive)
+                        _check_json_body(request)
+                        await request.json()
                     return await handler(request)
                 except ServiceError as exc:
                     return render(exc)
                 except RequestValidationError as exc:
                     return render(describe_validation(exc))
+                except HTTPException as exc:
+                    return render(from_http_exception(exc))
                 except Exception:
                     log.exception("unhandled error on %s %s", request.method, request.url.path)
                     return render(ServiceError("INTERNAL_ERROR", "internal error; it was logged"))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -13,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from ...core import Core
 from ...errors import ServiceError
 from ..common import read_upload, route_class
+from ..json_body import parse_json_object
 from .protocol import (
     DepictaErrorBody,
     DepictaUploadResponse,
@@ -115,13 +114,7 @@ def build_router(core: Core) -> APIRouter:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             req = await _form_request(request, who)
         else:
-            try:
-                fields = json.loads(await request.body())
-            except ValueError:
-                raise ServiceError("INVALID_PARAMETERS", "the body is not valid JSON", field="body") from None
-            if not isinstance(fields, dict):
-                raise ServiceError("INVALID_PARAMETERS", "the body must be a JSON object", field="body")
-            req = _validated(fields)
+            req = _validated(parse_json_object(await request.body()))
         record = await run_in_threadpool(service.submit, req, who)
         try:
             record = await service.wait(record, request)

@@ -8,13 +8,13 @@ reads those. Files become data: URLs so both bodies reach the core the same way.
 from __future__ import annotations
 
 import base64
-import json
 
 from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from ...errors import ServiceError
+from ..json_body import parse_json_object
 from .protocol import EditRequest, ImageRef
 
 IMAGE_FIELDS = ("image", "image[]")
@@ -103,12 +103,7 @@ async def parse_edit_request(request: Request) -> tuple[EditRequest, str]:
         return await _from_multipart(request), "image"
     if content_type and not content_type.startswith("application/json"):
         raise _invalid("send the request as application/json or multipart/form-data", None)
-    try:
-        body = json.loads(await request.body() or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise _invalid("the request body is not valid JSON", None) from None
-    if not isinstance(body, dict):
-        raise _invalid("the request body must be a JSON object", None)
+    body = parse_json_object(await request.body(), field=None)
     try:
         req = EditRequest.model_validate(body)
     except ValidationError as exc:
