@@ -66,6 +66,19 @@ ROWS: dict[str, tuple[str, str, str]] = {
         "tests/test_security_inputs.py::test_hostile_pictures_over_http",
         "cases tried, 5xx seen, slowest answer",
     ),
+    "malformed_bodies": (
+        "Malformed bodies (invalid UTF-8, 100k-deep nesting, 1e400, NaN/Infinity, non-object, wrong or "
+        "missing content type, duplicate keys, truncated, broken multipart) on every JSON and multipart "
+        "endpoint of every contract: a 4xx in the contract's own error shape, never 500",
+        "tests/test_security_bodies.py::test_malformed_bodies_get_a_4xx_in_each_contracts_shape",
+        "bodies x endpoints tried, 5xx seen, statuses answered",
+    ),
+    "huge_headers": (
+        "A 1 MB header or 2000 headers: 431 from the server's own limits (RETOUCH_MAX_HEADER_BYTES, "
+        "RETOUCH_MAX_HEADER_COUNT), not a connection reset",
+        "tests/test_security_bodies.py::test_huge_headers_answer_431_not_a_reset",
+        "status per case against a real `retouch serve`, connection resets",
+    ),
     "templates": (
         "Profile templates rendered in Jinja2's sandbox: no attribute escapes, files, or huge output",
         "tests/test_security_inputs.py::test_profile_templates_are_sandboxed",

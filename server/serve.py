@@ -57,7 +57,7 @@ def serve_command(flags: dict) -> None:
     # Each server gets a fresh directory for its workers' metric files (server/metrics.py), never
     # one inherited from the environment: another process's samples would mix into ours.
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    from . import shutdown
+    from . import http_limits, shutdown
     from .app import create_app
     from .logging_setup import configure_logging
 
@@ -76,4 +76,11 @@ def serve_command(flags: dict) -> None:
     )
     # log_config=None: uvicorn keeps the JSON handler configured above instead of installing its own.
     # SIGTERM drains first (server/shutdown.py): /readyz 503, no new job, running ones finish or go back.
-    shutdown.run(app, settings, log_config=None, log_level=settings.log_level.lower())
+    # Header limits are ours (server/http_limits.py): over them, 431 instead of a reset connection.
+    shutdown.run(
+        app,
+        settings,
+        log_config=None,
+        log_level=settings.log_level.lower(),
+        **http_limits.uvicorn_options(settings),
+    )

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     insecure_no_auth: bool = False
     # Whole request bodies (JSON with data: URLs, multipart uploads); larger ones get 413 unread.
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # The request line plus headers in bytes, and the number of header fields: over either, 431
+    # (server/http_limits.py). Defaults leave room for proxies' forwarding headers and long cookies.
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096)
+    max_header_count: int = Field(default=100, ge=10)
     idempotency_ttl_s: float = Field(default=24 * 3600, gt=0)
     # Test-only fault injection in workers (server/worker.py, FaultHook); never set in production.
     fault_injection: str | None = None
