@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import RegistryError
+from .memory_settings import MemorySettings
 
 Role = Literal["edit", "edit_plus", "inpaint", "refiner"]
 PipelineKind = Literal["qwen_image_edit_plus", "z_image_img2img"]
@@ -39,6 +40,8 @@ class LoraEntry(_Strict):
     # name of an entry in the top-level ``schedulers`` table
     scheduler: str | None = None
     weight: float = 1.0
+    # the LoRA's rank, for `retouch plan` before the file is downloaded (default: memory_sizes)
+    rank: int | None = Field(default=None, ge=1, le=4096)
 
 
 class Performance(_Strict):
@@ -163,6 +166,7 @@ class Registry(_Strict):
     resolutions: Resolutions = Field(default_factory=Resolutions)
     qualities: dict[str, QualityPreset] = Field(default_factory=dict)
     public_models: dict[str, PublicModel] = Field(default_factory=dict)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     # where this file was read from; set by load_registry, used to resolve relative paths
     source: str | None = None
 
@@ -195,6 +199,12 @@ class Registry(_Strict):
                     f"qualities.{name}.lightning_steps: no Lightning LoRA of the edit model runs "
                     f"{quality.lightning_steps} steps"
                 )
+        for key in self.memory.overrides:
+            if key.rpartition(".")[0] not in self.models:
+                have = sorted(self.models)
+                raise ValueError(f"memory.overrides: {key!r} names no declared model (have {have})")
+        if self.memory.fuse_lora is not None and self.memory.fuse_lora not in edit_loras:
+            raise ValueError(f"memory.fuse_lora: {self.memory.fuse_lora!r} is not a LoRA of the edit model")
         for name, public in self.public_models.items():
             target = self.models.get(public.model)
             if target is None or not {"edit", "edit_plus"} & set(target.roles):

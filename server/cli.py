@@ -103,6 +103,20 @@ def edit(
 
 
 @app.command()
+def plan(
+    weights: str = typer.Option("weights.yaml", "--weights", help="Path to weights.yaml"),
+    gpu_memory: float | None = typer.Option(None, "--gpu-memory", help="GiB to plan for [this GPU's]"),
+    max_side: int | None = typer.Option(None, "--max-side", help="Largest output side [limits]"),
+    host_memory: float | None = typer.Option(None, "--host-memory", help="Host RAM GiB [this machine's]"),
+    plan_name: str | None = typer.Option(None, "--plan", help="auto or a named plan [weights.yaml]"),
+) -> None:
+    """Where every model component would live on a GPU, the peak and the cost; needs only the configs."""
+    from pipelines.cli_plan import plan_command
+
+    plan_command(weights, gpu_memory, max_side, host_memory, plan_name)
+
+
+@app.command()
 def serve(
     weights: str | None = typer.Option(None, "--weights", help="Path to weights.yaml [env RETOUCH_WEIGHTS]"),
     host: str | None = typer.Option(None, "--host", help="Bind address [127.0.0.1]"),
