@@ -127,6 +127,17 @@ ROWS: dict[str, tuple[str, str, str]] = {
         "tests/test_reliability_webhooks.py::test_webhook_*",
         "attempts per scenario, distinct webhook-ids",
     ),
+    "webhook_urls": (
+        "Webhook URLs checked at submission with the input-URL policy: private, reserved and "
+        "unresolvable receivers refused in each contract's shape (RETOUCH_FETCH_ALLOW opens them)",
+        "tests/test_reliability_webhooks.py::test_webhook_urls_are_checked_at_submission",
+        "receivers tried / refused at submit on imagepipeline and FASHN, allowlisted ones accepted",
+    ),
+    "webhook_status": (
+        "The status body shows webhook delivery (pending, delivered, failed, attempts, last error)",
+        "tests/test_reliability_webhooks.py::test_status_shows_webhook_delivery",
+        "states shown, contracts",
+    ),
     "result_urls": (
         "Result URLs: tampered -> 403, expired -> 410, another job's path with a valid signature -> 403",
         "tests/test_reliability_webhooks.py::test_result_url_signatures",

@@ -213,6 +213,29 @@ def _read_picture(
     return b"".join(chunks)
 
 
+def check_callback_url(url: str, policy: FetchPolicy, what: str) -> None:
+    """Refuse at submission a webhook URL that ``safe_post`` would refuse at delivery.
+
+    The same address checks and allowlist as input fetches, so a client hears of a private or
+    unresolvable receiver in the submit's answer instead of its job's webhook being dropped."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise ServiceError("INVALID_PARAMETERS", f"{what} is not a valid URL", field=what) from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ServiceError("INVALID_PARAMETERS", f"{what} must be an http(s) URL", field=what)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        resolve_checked(parsed.host, port, policy, what)
+    except ServiceError as exc:
+        if exc.code == "INPUT_URL_BLOCKED":
+            raise
+        # A receiver that does not resolve now is most likely a typo; nothing was fetched.
+        raise ServiceError(
+            "INVALID_PARAMETERS", f"{what}: the host {parsed.host!r} could not be resolved", field=what
+        ) from None
+
+
 def safe_post(
     url: str, *, content: bytes | str, headers: dict, timeout_s: float, policy: FetchPolicy
 ) -> httpx.Response:

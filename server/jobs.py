@@ -183,3 +183,11 @@ class JobRecord(BaseModel):
 
     def total_seconds(self, now: float) -> float:
         return (self.finished_at or now) - self.created_at
+
+
+class WebhookState(BaseModel):
+    """Where the webhook of a job stands: a Retouch extension field of the status bodies."""
+
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int = 0
+    last_error: str | None = None

@@ -22,9 +22,29 @@ from standardwebhooks import Webhook
 from . import metrics
 from .errors import ServiceError
 from .fetch import FetchPolicy, safe_post
+from .jobs import JobRecord, WebhookState
 from .store import JobStore, WebhookDelivery
 
 log = logging.getLogger("retouch.webhooks")
+
+
+def delivery_id(job_id: str, status: str) -> str:
+    """The outbox row (and ``webhook-id``) of a job's terminal event, as the stores write it."""
+    return f"msg_{job_id}_{status}"
+
+
+def webhook_state(store: JobStore, record: JobRecord) -> WebhookState | None:
+    """Where the job's webhook stands, for its status body; None when it has no webhook URL."""
+    if not record.meta.callback_url:
+        return None
+    # The outbox row is written with the terminal state; until then the webhook is to come.
+    if not record.status.is_terminal():
+        return WebhookState(state="pending")
+    delivery = store.get_delivery(delivery_id(record.id, record.status.value))
+    if delivery is None:  # expired from the outbox (Redis keeps rows twice the result TTL)
+        return None
+    state = delivery.state if delivery.state in ("delivered", "failed") else "pending"
+    return WebhookState(state=state, attempts=delivery.attempts, last_error=delivery.last_error)
 
 
 class WebhookSender:

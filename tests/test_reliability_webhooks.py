@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from benchmarks.reliability import record
-from tests.server_harness import AsgiServer, make_settings
-from tests.test_reliability_faults import ROOT, Receiver, _submit, _wait
+from tests.server_harness import AsgiServer, WebhookReceiver, make_settings
+from tests.test_reliability_faults import IMG, ROOT, Receiver, _submit, _wait
 
 # -- webhooks ------------------------------------------------------------------------------------
 
@@ -80,9 +81,13 @@ def test_webhook_retries_5xx_429_and_timeouts_stops_on_410_and_keeps_its_id(tmp_
 
 
 def test_webhook_sender_refuses_blocked_receivers(tmp_path):
-    """127.0.0.2 is loopback outside the harness allowlist: no connection, no retries."""
-    receiver = Receiver(host="127.0.0.2")
+    """A receiver allowed when the job was submitted but not when its webhook is sent (the allowlist
+    was narrowed, or the name now resolves elsewhere) is refused by the sender: no connection."""
+    from server.fetch import FetchPolicy
+
+    receiver = Receiver()
     srv = AsgiServer(make_settings(tmp_path))
+    srv.app.state.webhooks.policy = FetchPolicy()  # the sender's allowlist no longer opens loopback
     try:
         job = _submit(srv, "hook to a private address", callback_url=receiver.url)
         store = srv.app.state.core.store
@@ -90,10 +95,12 @@ def test_webhook_sender_refuses_blocked_receivers(tmp_path):
             lambda: (d := store.get_delivery(f"msg_{job}_completed")) and d.state == "failed", 30, "a refusal"
         )
         delivery = store.get_delivery(f"msg_{job}_completed")
+        shown = srv.get(f"/edit/image/v1/status/{job}").json()["webhook"]
     finally:
         srv.close()
         receiver.close()
     assert receiver.calls == [] and delivery.attempts == 1 and "not fetched" in delivery.last_error
+    assert shown == {"state": "failed", "attempts": 1, "last_error": delivery.last_error}
     path = ROOT / "benchmarks" / "out" / "reliability" / "webhooks.json"
     if path.exists():
         import json
@@ -101,6 +108,105 @@ def test_webhook_sender_refuses_blocked_receivers(tmp_path):
         data = json.loads(path.read_text())["figures"]
         data.update(connections_to_blocked_receiver=len(receiver.calls))
         record("webhooks", data)
+
+
+_PRIVATE_RECEIVERS = [
+    "http://127.0.0.2:9/hook",  # loopback outside the harness allowlist (127.0.0.1/32)
+    "http://10.1.2.3/hook",
+    "http://192.168.0.10:8080/hook",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://[::1]/hook",
+    "http://[fd00::1]/hook",
+    "http://0x7f000002/hook",
+    "http://2130706434/hook",
+]
+
+
+def _fashn_run(srv, webhook_url: str):
+    body = {"model_name": "edit", "inputs": {"image": IMG, "prompt": "hook"}, "webhook_url": webhook_url}
+    return srv.post("/v1/run", json=body, headers={"Authorization": "Bearer test-key"})
+
+
+def test_webhook_urls_are_checked_at_submission(tmp_path):
+    """Private and reserved receivers are refused in the submit's answer, in each contract's shape,
+    with the setting that opens input URLs (RETOUCH_FETCH_ALLOW) opening them too."""
+    receiver = Receiver()
+    srv = AsgiServer(make_settings(tmp_path, workers=0))
+    try:
+        refused = 0
+        for url in [*_PRIVATE_RECEIVERS, "http://no-such-host.invalid/hook"]:
+            ip = srv.post("/edit/image/v1", json={"prompt": "x", "input_image": IMG, "callback_url": url})
+            assert ip.status_code == 422 and ip.json()["field"] == "callback_url", (url, ip.text)
+            blocked = url != "http://no-such-host.invalid/hook"
+            assert ip.json()["error_code"] == ("INPUT_URL_BLOCKED" if blocked else "INVALID_PARAMETERS")
+            fashn = _fashn_run(srv, url)
+            assert fashn.status_code == 400 and fashn.json()["error"] == "BadRequest", (url, fashn.text)
+            assert "webhook_url" in fashn.json()["message"]
+            refused += 2
+        jobs_created = len(srv.app.state.core.store.list_jobs("", limit=100))
+        allowed = srv.post(
+            "/edit/image/v1", json={"prompt": "x", "input_image": IMG, "callback_url": receiver.url}
+        )
+        allowed_fashn = _fashn_run(srv, receiver.url)
+        waiting = srv.get(f"/edit/image/v1/status/{allowed.json()['job_id']}").json()["webhook"]
+    finally:
+        srv.close()
+        receiver.close()
+    assert allowed.status_code == 200 and allowed_fashn.status_code == 200
+    assert waiting == {"state": "pending", "attempts": 0, "last_error": None}  # no worker: still queued
+    record(
+        "webhook_urls",
+        {
+            "private_receivers_refused_at_submit": refused,
+            "receivers_tried": 2 * (len(_PRIVATE_RECEIVERS) + 1),
+            "contracts": "fashn,imagepipeline",
+            "allowlisted_loopback_accepted": 2,
+        },
+    )
+    assert jobs_created == 0
+
+
+def _delivery_ended(store, job_id: str) -> bool:
+    delivery = store.get_delivery(f"msg_{job_id}_completed")
+    return delivery is not None and delivery.state != "pending"
+
+
+def test_status_shows_webhook_delivery(tmp_path):
+    """imagepipeline and FASHN status bodies say pending / delivered / failed, attempts, last error;
+    the webhook's own body and a job without a webhook carry no such field."""
+    flaky = WebhookReceiver(fail_first=1)
+    gone = Receiver([410])
+    srv = AsgiServer(make_settings(tmp_path, webhook_backoff_initial_s=0.05, webhook_backoff_max_s=0.2))
+    store = srv.app.state.core.store
+    try:
+        queued = _submit(srv, "flaky", callback_url=flaky.url)
+        job_gone = _submit(srv, "gone", callback_url=gone.url)
+        fashn_job = _fashn_run(srv, flaky.url).json()["id"]
+        plain = srv.post(
+            "/v1/run",
+            json={"model_name": "edit", "inputs": {"image": IMG, "prompt": "no hook"}},
+            headers={"Authorization": "Bearer test-key"},
+        ).json()["id"]
+        for job in (queued, job_gone, fashn_job):
+            _wait(lambda j=job: _delivery_ended(store, j), 30, f"the webhook of {job}")
+        delivered = srv.get(f"/edit/image/v1/status/{queued}").json()["webhook"]
+        failed = srv.get(f"/edit/image/v1/status/{job_gone}").json()["webhook"]
+        fashn = srv.get(f"/v1/status/{fashn_job}", headers={"Authorization": "Bearer test-key"}).json()
+        plain_status = srv.get(f"/v1/status/{plain}", headers={"Authorization": "Bearer test-key"}).json()
+        payloads = [json.loads(body) for _, body in flaky.got]
+    finally:
+        srv.close()
+        flaky.close()
+        gone.close()
+    assert delivered == {"state": "delivered", "attempts": 2, "last_error": "HTTP 500"}
+    assert failed == {"state": "failed", "attempts": 1, "last_error": "HTTP 410"}
+    assert fashn["webhook"]["state"] == "delivered" and fashn["status"] == "completed"
+    assert all("webhook" not in p for p in payloads) and len(payloads) >= 3
+    assert "webhook" not in plain_status
+    record(
+        "webhook_status",
+        {"states_shown": "pending,delivered,failed", "contracts": "fashn,imagepipeline"},
+    )
 
 
 # -- result URLs ---------------------------------------------------------------------------------

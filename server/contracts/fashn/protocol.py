@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from ...jobs import WebhookState
+
 MODEL_NAMES = ("edit",)
 
 AspectRatio = Literal["21:9", "1:1", "4:3", "3:2", "2:3", "5:4", "4:5", "3:4", "16:9", "9:16"]
@@ -82,6 +84,8 @@ class FashnStatusResponse(BaseModel):
     status: PredictionStatus
     output: list[str] | None = None
     error: PredictionError | None = None
+    # Retouch extension: how the webhook_url delivery went (pending, delivered, failed).
+    webhook: WebhookState | None = None
 
 
 class FashnErrorBody(BaseModel):

@@ -38,8 +38,9 @@ def build_router(core: Core) -> APIRouter:
     @router.get("/v1/status/{prediction_id}", response_model=FashnStatusResponse)
     def status(prediction_id: str, who: str = Depends(owner)) -> JSONResponse:
         body, after_send = service.status(prediction_id, who)
-        return JSONResponse(
-            body.model_dump(), background=BackgroundTask(after_send) if after_send is not None else None
-        )
+        # The hosted body has exactly id, status, output, error; the extension only when it says something.
+        content = body.model_dump(exclude={"webhook"} if body.webhook is None else None)
+        background = BackgroundTask(after_send) if after_send is not None else None
+        return JSONResponse(content, background=background)
 
     return router

@@ -9,7 +9,9 @@ from fastapi.responses import JSONResponse
 
 from ...core import Core, NamedInput
 from ...errors import ServiceError
+from ...fetch import check_callback_url
 from ...jobs import JobMeta, JobRecord, JobStatus
+from ...webhooks import webhook_state
 from .protocol import FashnErrorBody, FashnStatusResponse, PredictionError, RunRequest, RunResponse
 
 CONTRACT = "fashn"
@@ -73,16 +75,16 @@ class FashnService:
     def __init__(self, core: Core):
         self.core = core
         # Webhooks carry what the status endpoint shows; they never delete inline results.
-        core.status_renderers[CONTRACT] = lambda record: self.render_status(record).model_dump()
+        core.status_renderers[CONTRACT] = lambda record: self.render_status(record).model_dump(
+            exclude={"webhook"}
+        )
         # return_base64: the webhook carried the pictures, so nothing is kept after it is delivered
         core.after_webhook[CONTRACT] = self._drop_inline_results
 
     def submit(self, req: RunRequest, owner: str) -> RunResponse:
         inputs = req.inputs
-        if req.webhook_url is not None and not req.webhook_url.startswith(("http://", "https://")):
-            raise ServiceError(
-                "INVALID_PARAMETERS", "webhook_url must be an http(s) URL", field="webhook_url"
-            )
+        if req.webhook_url is not None:  # the policy of input URLs, told now rather than never
+            check_callback_url(req.webhook_url, self.core.fetch_policy, "webhook_url")
         balance = self.core.balance(owner)
         if balance is not None and balance <= 0:
             raise ServiceError("INSUFFICIENT_BALANCE", "the budget of this API key is spent")
@@ -119,7 +121,9 @@ class FashnService:
         if record.meta.contract != CONTRACT:
             # Each contract answers for its own jobs only.
             raise ServiceError("NOT_FOUND", f"prediction {prediction_id!r} not found")
+        # Only the status endpoint says how the webhook went; the webhook's own body does not.
         body = self.render_status(record)
+        body = body.model_copy(update={"webhook": webhook_state(self.core.store, record)})
         if record.meta.inline_results and body.output:
             return body, lambda: self.core.drop_results(record)
         return body, None

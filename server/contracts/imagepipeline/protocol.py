@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...jobs import WebhookState
+
 OutputFormat = Literal["webp", "jpeg", "png"]
 
 
@@ -76,6 +78,8 @@ class StatusResponse(BaseModel):
     cost_usd: float | None = None
     balance_remaining_usd: float | None = None
     server_id: str
+    # Retouch extension: how the callback_url delivery went (pending, delivered, failed).
+    webhook: WebhookState | None = None
 
 
 class UploadResponse(BaseModel):

@@ -8,8 +8,10 @@ from fastapi.responses import JSONResponse
 
 from ...core import Core, NamedInput, new_id
 from ...errors import ServiceError
+from ...fetch import check_callback_url
 from ...jobs import JobMeta, JobRecord, JobStatus
 from ...store import Profile
+from ...webhooks import webhook_state
 from .profiles import apply_profile, check_template
 from .protocol import (
     EditRequest,
@@ -55,7 +57,9 @@ def render_error(exc: ServiceError) -> JSONResponse:
 class ImagePipelineService:
     def __init__(self, core: Core):
         self.core = core
-        core.status_renderers[CONTRACT] = lambda record: self.render_status(record).model_dump()
+        core.status_renderers[CONTRACT] = lambda record: self.render_status(record).model_dump(
+            exclude={"webhook"}
+        )
 
     # -- edits -------------------------------------------------------------------------------
     def submit(self, req: EditRequest, owner: str) -> SubmitResponse:
@@ -66,10 +70,8 @@ class ImagePipelineService:
                 "mask_segment is not supported: this server has no segmentation model",
                 field="mask_segment",
             )
-        if req.callback_url is not None and not req.callback_url.startswith(("http://", "https://")):
-            raise ServiceError(
-                "INVALID_PARAMETERS", "callback_url must be an http(s) URL", field="callback_url"
-            )
+        if req.callback_url is not None:  # the policy of input URLs, told now rather than never
+            check_callback_url(req.callback_url, self.core.fetch_policy, "callback_url")
         balance = self.core.balance(owner)
         if balance is not None and balance <= 0:
             raise ServiceError("INSUFFICIENT_BALANCE", "the budget of this API key is spent")
@@ -117,10 +119,15 @@ class ImagePipelineService:
         )
 
     def status(self, job_id: str, owner: str) -> StatusResponse:
-        return self.render_status(self.core.get_job(job_id, owner))
+        return self._with_webhook(self.core.get_job(job_id, owner))
 
     def cancel(self, job_id: str, owner: str) -> StatusResponse:
-        return self.render_status(self.core.cancel(job_id, owner))
+        return self._with_webhook(self.core.cancel(job_id, owner))
+
+    def _with_webhook(self, record: JobRecord) -> StatusResponse:
+        # Only the status endpoint says how the webhook went; the webhook's own body does not.
+        body = self.render_status(record)
+        return body.model_copy(update={"webhook": webhook_state(self.core.store, record)})
 
     def render_status(self, record: JobRecord) -> StatusResponse:
         now = time.time()
