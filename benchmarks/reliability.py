@@ -121,6 +121,36 @@ ROWS: dict[str, tuple[str, str, str]] = {
         " (a hung worker is killed: tests/test_server_workers.py::test_server_hung_job_times_out)",
         "time limit, when the job failed, the next job in the same worker",
     ),
+    "watchdog": (
+        "A hung worker (SIGSTOP) is killed (SIGKILL) and replaced after RETOUCH_WORKER_HANG_S; its job "
+        "runs again; a long step is not a hang; /readyz's workers_alive counts live heartbeats only",
+        "tests/test_reliability_watchdog.py::test_stopped_worker_is_killed_and_replaced_long_step_is_not",
+        "hang limit, when the stopped worker was killed and replaced, the job, /readyz contradictions",
+    ),
+    "storage_floor": (
+        "Disk below RETOUCH_MIN_FREE_BYTES: uploads and submissions 503 STORAGE_FULL + Retry-After in "
+        "each contract's shape, /readyz 503 with the reason, retouch_storage_full=1, no job taken; "
+        "recovers once space is freed",
+        "tests/test_reliability_storage.py::test_disk_below_the_floor_refuses_writes_in_each_contract_and_recovers",
+        "20 MB tmpfs: refusals, free space when low, time to ready after freeing, jobs lost, .part files",
+    ),
+    "storage_enospc_sqlite": (
+        "ENOSPC on a job's result (files disk filled by another process; SQLite store): the job goes "
+        "back to the queue, never stays processing; runs again once space is back, one result",
+        "tests/test_reliability_storage.py::test_disk_filled_under_a_running_job_sends_it_back_to_the_queue[sqlite]",
+        "state after ENOSPC, time back in the queue, final state, result files, .part files",
+    ),
+    "storage_enospc_redis": (
+        "The same on the Redis store",
+        "tests/test_reliability_storage.py::test_disk_filled_under_a_running_job_sends_it_back_to_the_queue[redis]",
+        "state after ENOSPC, time back in the queue, final state, result files, .part files",
+    ),
+    "storage_db_full": (
+        "Data disk (SQLite and files) filled to the last byte under a running job: no crash, /readyz "
+        "says STORAGE_FULL, the supervisor backs off (one line per pause), the job completes once freed",
+        "tests/test_reliability_storage.py::test_full_database_disk_is_waited_out_without_a_crash",
+        "seconds full, supervisor failure lines (was one traceback per 0.5 s), worker exits, the job",
+    ),
     "webhooks": (
         "Webhooks: Standard Webhooks test vector, backoff + jitter on 5xx/429/timeouts, 410 stops, "
         "stable webhook-id, SSRF-safe sender",

@@ -81,7 +81,9 @@ class StorageGuard:
             raise self.error(reason)
 
     def error(self, reason: str = "the data disk is full") -> ServiceError:
-        return ServiceError("STORAGE_FULL", f"{reason}; retry later", retry_after_s=self.retry_after_s)
+        # The code leads the message too: FASHN's and Depicta's error bodies have no field for it.
+        message = f"STORAGE_FULL: {reason}; retry later"
+        return ServiceError("STORAGE_FULL", message, retry_after_s=self.retry_after_s)
 
     @contextmanager
     def full_disk_refused(self) -> Iterator[None]:

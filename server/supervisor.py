@@ -24,7 +24,7 @@ log = logging.getLogger("retouch.supervisor")
 TICK_S = 0.5
 # A failing tick (the database's disk is full, the store is away) is retried after a pause that
 # doubles up to the maximum, with one log line per pause instead of a traceback per tick.
-TICK_BACKOFF_S = (1.0, 30.0)
+TICK_BACKOFF_S = (1.0, 15.0)
 # A spawned worker's first beat may take this long (imports on a cold, busy machine); after it, a
 # silence of settings.worker_hang_s means the process is stopped or frozen.
 FIRST_BEAT_ALLOWANCE_S = 60.0
