@@ -244,7 +244,19 @@ HOW = """\
   neither a result nor a webhook. SIGTERM drains: `/readyz` 503, no new job, the running job gets
   `RETOUCH_SHUTDOWN_GRACE_S` and is then handed back to the queue. A job over its time limit
   fails with `JOB_TIMEOUT`; an engine OOM fails it with retryable `GPU_OUT_OF_MEMORY` and the same
-  worker goes on; NaN output fails with `NON_FINITE_OUTPUT`.
+  worker goes on; NaN output fails with `NON_FINITE_OUTPUT`. A heartbeat thread in each worker
+  (`server/worker_process.py`, never the denoise loop) stamps a few bytes shared with the
+  supervisor; one silent for `RETOUCH_WORKER_HANG_S` (stopped, frozen) is SIGKILLed and replaced
+  and its job goes back through the lease. `/readyz` counts only workers with a live heartbeat.
+- **Storage** (`server/storage.py`): below `RETOUCH_MIN_FREE_BYTES` on the files or database
+  disk, uploads and submissions answer `STORAGE_FULL` before anything is written: 503 +
+  `Retry-After`, because it passes by itself and 503 is the status whose `Retry-After` generic
+  clients (urllib3, proxies) honour; 507 is WebDAV's. Workers take no job, `/readyz` is 503 with
+  the reason and `retouch_storage_full` is 1.
+  ENOSPC met anyway removes the half-written `.part` file and sends the job back to the queue
+  (failed as retryable `STORAGE_FULL` after `RETOUCH_MAX_ATTEMPTS`); the worker then pauses its
+  claims with a doubling backoff. A failing supervisor tick backs off too (1 s doubling to 15 s,
+  one line per pause).
 - **Webhooks** (`server/webhooks.py`): Standard Webhooks signatures, a stable `webhook-id` per job
   and event, full-jitter exponential backoff (`Retry-After` of a 429 honoured), 410 stops, a
   blocked address stops, sent through the same SSRF-safe client.
@@ -259,6 +271,11 @@ HOW = """\
   the max column includes scheduler noise that the p99 does not.
 - The NaN row poisons the tiny refiner's weights, so the real engine produces NaN and its guard
   fires; it is not a NaN from a full-size model.
+- The disk-full and watchdog rows run the fake engine (a gate or a long sleep in place of a
+  model), so the disk can be filled and the worker stopped at a chosen moment; the storage paths,
+  stores, worker processes and supervisor are the real ones. Whether a full database disk fails
+  the supervisor's writes depends on the room left in SQLite's WAL file, so that row's count of
+  failure lines varies between runs (0 to 3 seen); the bound it checks does not.
 """
 
 
