@@ -25,9 +25,10 @@ TICK_S = 0.5
 # A failing tick (the database's disk is full, the store is away) is retried after a pause that
 # doubles up to the maximum, with one log line per pause instead of a traceback per tick.
 TICK_BACKOFF_S = (1.0, 15.0)
-# A spawned worker's first beat may take this long (imports on a cold, busy machine); after it, a
-# silence of settings.worker_hang_s means the process is stopped or frozen.
-FIRST_BEAT_ALLOWANCE_S = 60.0
+# A worker that is starting or loading its models may be silent this long (imports on a cold, busy
+# machine, a long C call of a model load): killing it there would restart the same load forever.
+# A ready worker silent for settings.worker_hang_s is stopped or frozen.
+LOADING_ALLOWANCE_S = 60.0
 
 
 class _Slot:
@@ -193,13 +194,13 @@ class Supervisor:
             if process is None or pulse is None or not process.is_alive():
                 continue
             age = pulse.age()
-            if age is None:  # not beaten yet: still starting
-                silent = now - slot.started_at
-                if silent <= FIRST_BEAT_ALLOWANCE_S:
-                    continue
-            elif age > self.settings.worker_hang_s:
-                silent = age
-            else:
+            silent = now - slot.started_at if age is None else age  # None: not beaten yet
+            limit = (
+                self.settings.worker_hang_s
+                if pulse.ready
+                else max(self.settings.worker_hang_s, LOADING_ALLOWANCE_S)
+            )
+            if silent <= limit:
                 continue
             log.warning(
                 "worker %s (pid %s) missed its heartbeat for %.1f s: killing it (SIGKILL)",
