@@ -17,7 +17,7 @@ from .errors import EngineError, GPUOutOfMemoryError, InvalidInputError, NonFini
 from .loader import load_edit_model, load_refiner
 from .prompting import build_prompt
 from .registry import Registry, require_files
-from .sizing import output_size
+from .sizing import job_sizes
 from .spec import EditResult, EditSpec, OutputImage, PreviewCallback, ProgressCallback
 from .validation import MAX_SEED, check_spec
 
@@ -240,34 +240,11 @@ class EditEngine:
         pipe.scheduler = self.edit.schedulers[plan["scheduler"]]
 
     def _sizes(self, spec: EditSpec, source: tuple[int, int], masked: bool):
-        limits, res = self.registry.limits, self.registry.resolutions
-        if masked:
-            # A masked edit must line up with the original pixel for pixel.
-            size = output_size(
-                source, width=None, height=None, aspect_ratio=None, area=source[0] * source[1],
-                multiple=self.multiple, max_side=max(limits.max_output_side, *source),
-            )  # fmt: skip
-            return size, source, False
-        kwargs = dict(
-            width=spec.width, height=spec.height, aspect_ratio=spec.aspect_ratio, multiple=self.multiple
-        )
-        if not (spec.width or spec.height or spec.aspect_ratio or spec.resolution):
-            # The hosted APIs answer with the source's size by default. The model runs at the
-            # source size up to its native area and larger sources are upscaled back afterwards.
-            final = output_size(
-                source, width=source[0], height=source[1], aspect_ratio=None,
-                multiple=self.multiple, area=source[0] * source[1], max_side=limits.max_output_side,
-            )  # fmt: skip
-            if final[0] * final[1] <= res.area("1k"):
-                return final, final, False
-            edit = output_size(source, area=res.area("1k"), max_side=limits.max_output_side, **kwargs)
-            return edit, final, False
-        edit = output_size(source, area=res.area("1k"), max_side=limits.max_output_side, **kwargs)
-        if spec.resolution in ("2k", "4k") and not (spec.width or spec.height):
-            area = res.area(spec.resolution)
-            final = output_size(source, area=area, max_side=max(limits.max_output_side, 16384), **kwargs)
-            return edit, final, True
-        return edit, edit, False
+        return job_sizes(
+            source, width=spec.width, height=spec.height, aspect_ratio=spec.aspect_ratio,
+            resolution=spec.resolution, masked=masked, limits=self.registry.limits,
+            resolutions=self.registry.resolutions, multiple=self.multiple,
+        )  # fmt: skip
 
     def _refine_strength(self, spec: EditSpec, upscaled: bool, warnings: list[str]) -> float:
         strength = spec.refine_strength

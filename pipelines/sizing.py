@@ -67,3 +67,45 @@ def output_size(
         scale = max_side / longest
         w, h = (max(multiple, int(v * scale) // multiple * multiple) for v in (w, h))
     return w, h
+
+
+def job_sizes(
+    source: tuple[int, int],
+    *,
+    width: int | None,
+    height: int | None,
+    aspect_ratio: str | None,
+    resolution: str | None,
+    masked: bool,
+    limits,
+    resolutions,
+    multiple: int,
+) -> tuple[tuple[int, int], tuple[int, int], bool]:
+    """(size the model edits at, size delivered, whether the edit is upscaled to it) for a job.
+
+    One function for the engine and for the API's cost estimate, so the two never disagree."""
+    if masked:
+        # A masked edit must line up with the original pixel for pixel.
+        size = output_size(
+            source, width=None, height=None, aspect_ratio=None, area=source[0] * source[1],
+            multiple=multiple, max_side=max(limits.max_output_side, *source),
+        )  # fmt: skip
+        return size, source, False
+    kwargs = dict(width=width, height=height, aspect_ratio=aspect_ratio, multiple=multiple)
+    if not (width or height or aspect_ratio or resolution):
+        # The hosted APIs answer with the source's size by default. The model runs at the
+        # source size up to its native area and larger sources are upscaled back afterwards.
+        final = output_size(
+            source, width=source[0], height=source[1], aspect_ratio=None,
+            multiple=multiple, area=source[0] * source[1], max_side=limits.max_output_side,
+        )  # fmt: skip
+        if final[0] * final[1] <= resolutions.area("1k"):
+            return final, final, False
+        edit = output_size(source, area=resolutions.area("1k"), max_side=limits.max_output_side, **kwargs)
+        return edit, final, False
+    edit = output_size(source, area=resolutions.area("1k"), max_side=limits.max_output_side, **kwargs)
+    if resolution in ("2k", "4k") and not (width or height):
+        area = resolutions.area(resolution)
+        final = output_size(source, area=area, max_side=max(limits.max_output_side, 16384), **kwargs)
+        return edit, final, True
+    return edit, edit, False

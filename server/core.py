@@ -16,12 +16,14 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import ValidationError
 
+from pipelines.cost_model import job_work
 from pipelines.errors import EngineError
 from pipelines.images import decode_image, decode_mask
 from pipelines.registry import Registry
 from pipelines.validation import check_spec
 
 from . import signing
+from .accounting import Accounting
 from .auth import KeyRing, KeysFile, parse_env_keys
 from .errors import ServiceError
 from .fetch import FetchPolicy, fetch_url
@@ -66,6 +68,7 @@ class Core:
         self.keys = KeyRing(
             KeysFile(settings.keys_path), parse_env_keys(settings.api_keys, settings.key_budgets_usd)
         )
+        self.accounting = Accounting(settings, store, self.keys)
         self.admission = Admission(
             settings, store, self.keys, self.balance, max_prompt_chars=registry.limits.max_prompt_chars
         )
@@ -83,20 +86,13 @@ class Core:
         or ``X-API-Key`` of the current request is used. 401 unknown/missing, 403 missing scope."""
         return self.keys.authenticate(api_key, scope)
 
-    def _budget(self, owner: str) -> float | None:
-        record = self.keys.by_owner(owner)
-        return record.budget_usd if record else None
-
     def balance(self, owner: str) -> float | None:
-        budget = self._budget(owner)
-        if budget is None:
-            return None
-        return round(budget - self.store.spent_usd(owner, self.settings.price_per_gpu_hour_usd), 6)
+        """What is left of the key's budget (server/accounting.py); None for keys without one."""
+        return self.accounting.balance(owner)
 
     def cost_usd(self, record: JobRecord) -> float | None:
-        if record.inference_seconds is None:
-            return None
-        return round(record.inference_seconds * self.settings.price_per_gpu_hour_usd / 3600, 6)
+        """What the job was charged when it ended (stored then: later price changes do not touch it)."""
+        return record.cost_usd
 
     # -- inputs ------------------------------------------------------------------------------
     def read_input(self, url: str, what: str) -> bytes:
@@ -186,8 +182,7 @@ class Core:
             sizes = [
                 decode_image(d, max_pixels=cap, what=n).size for d, n in zip(pictures, names, strict=True)
             ]
-            for ref, data in side:
-                decode_image(data, max_pixels=cap, what=ref.field)
+            side_sizes = [decode_image(data, max_pixels=cap, what=ref.field).size for ref, data in side]
         except EngineError as exc:
             raise ServiceError.from_engine(exc) from None
         if mask is not None:
@@ -220,16 +215,26 @@ class Core:
         try:
             spec = job.to_spec(self.files.root, image_bytes=pictures, preloaded=preloaded)
             warnings = check_spec(spec, self.registry)
+            work = job_work(spec, self.registry, sizes, side_sizes)
         except EngineError as exc:
             raise ServiceError.from_engine(exc) from None
-        meta = meta.model_copy(update={"warnings": meta.warnings + warnings, "model": self._job_model()})
+        meta = meta.model_copy(
+            update={"warnings": meta.warnings + warnings, "model": self._job_model(), "work": work}
+        )
         try:
             with self.storage.full_disk_refused():  # filled since the floor was checked
                 for ref, data in zip(refs, pictures, strict=True):
                     self.files.write(ref.path, data)
                 for path, data in preloaded.items():
                     self.files.write(path, data)
-                record = self.store.add_job(job_id, job, meta, max_queued=self.settings.max_queued_jobs)
+                record = self.store.add_job(
+                    job_id,
+                    job,
+                    meta,
+                    max_queued=self.settings.max_queued_jobs,
+                    budget_usd=self.accounting.budget(meta.owner),
+                    reserve_usd=self.accounting.reserve_usd(work),
+                )
         except Exception:
             self.files.delete_tree(f"inputs/{job_id}")
             raise
@@ -284,8 +289,9 @@ class Core:
         for result in record.results:
             self.files.delete(result.path)
 
-    def estimate_new(self, job: EditJob) -> float:
-        return self.store.estimate_new(job.kind())
+    def estimate_new(self, record: JobRecord) -> float:
+        """ETA of a job like ``record`` if it were queued now, behind everything queued and running."""
+        return self.store.estimate_new(record.meta.work)
 
     # -- files -------------------------------------------------------------------------------
     def save_upload(self, data: bytes, filename: str | None, owner: str) -> tuple[Upload, str]:

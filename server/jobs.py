@@ -114,6 +114,9 @@ class JobMeta(BaseModel):
     inline_results: bool = False
     # Request options a contract keeps with the job to show back (e.g. Depicta strictness, model).
     options: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    # Units of work (pipelines/cost_model.py), set at admission: what ETAs and the reserved cost
+    # are estimated from, and, once the job completes, a calibration sample (server/eta.py).
+    work: dict[str, float] = Field(default_factory=dict)
 
 
 class ResultFile(BaseModel):
@@ -166,6 +169,8 @@ class JobRecord(BaseModel):
     results: list[ResultFile] = Field(default_factory=list)
     seed: int | None = None
     inference_seconds: float | None = None
+    # what the job was charged, at the price in force when it ended (None: nothing was charged)
+    cost_usd: float | None = None
     warnings: list[str] = Field(default_factory=list)
     failure_reason_code: str | None = None
     error: str | None = None

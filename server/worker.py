@@ -15,6 +15,7 @@ import time
 from pipelines.errors import EngineError, GPUOutOfMemoryError, JobCancelledError
 
 from . import metrics
+from .accounting import charge_usd
 from .files import FileStore
 from .jobs import JobRecord, Progress, ResultFile
 from .settings import Settings
@@ -168,7 +169,9 @@ class EditWorker:
                         revised_prompt=result.revised_prompt,
                     )
                 )
-            completed = self.store.complete(job_id, results, result.seed, seconds, warnings)
+            # charged at the price in force now, once: only the winning terminal write charges
+            cost = charge_usd(seconds, self.settings.price_per_gpu_hour_usd)
+            completed = self.store.complete(job_id, results, result.seed, seconds, warnings, cost_usd=cost)
         except Exception as exc:
             # Never leave the job "processing" behind a worker that gave up on it: it goes back to
             # the queue (full disk) or fails; the files of this attempt go either way.

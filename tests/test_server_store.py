@@ -138,7 +138,7 @@ def test_server_store_progress_and_eta(store):
     rec = store.get_job("job_1")
     assert rec.progress.percent() == 45 and rec.estimated_seconds <= 10
     store.complete("job_1", [], 1, 2.0, [])
-    assert store.estimate_new(rec.kind) == pytest.approx(2.0)
+    assert store.estimate_new(rec.meta.work) == pytest.approx(2.0)
 
 
 def test_server_store_overdue_and_release(store):

@@ -37,7 +37,14 @@ local function terminal(id, status, t, fields, retention)
   if (not st) or is_terminal(st) then return 0 end
   redis.call('HSET', key, 'status', status, 'finished_at', fmt(t), 'lease_owner', '', 'lease_expires', '')
   recount(key, st, status)
-  redis.call('SREM', P .. ':active:' .. redis.call('HGET', key, 'owner'), id)
+  local owner = redis.call('HGET', key, 'owner')
+  redis.call('SREM', P .. ':active:' .. owner, id)
+  -- the reservation goes with the terminal write: a job ends (and is settled) only once
+  local reserved = tonumber(redis.call('HGET', key, 'reserved_micro') or '0') or 0
+  if reserved ~= 0 then
+    redis.call('HINCRBY', P .. ':reserved_micro', owner, -reserved)
+    redis.call('HSET', key, 'reserved_micro', 0)
+  end
   if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
   local q = redis.call('HGET', key, 'queue')
   redis.call('ZREM', P .. ':leases', id)
@@ -83,21 +90,33 @@ local function requeue(id, key)
 end
 """
 
-# ARGV: prefix, job_id, max_queued, queue, retention, then field/value pairs of the job hash.
-# A call retried after a lost reply finds the job already there and adds nothing twice.
+# ARGV: prefix, job_id, max_queued, queue, retention, owner, budget_micro ('' = no budget),
+# reserve_micro, then field/value pairs of the job hash. Returns {1, queued}, {-1, queued} (queue
+# full) or {-2, micro-dollars left} (the reservation does not fit the owner's budget beside the costs
+# and reservations it has). A call retried after a lost reply finds the job already there and adds
+# (and reserves) nothing twice.
 ADD = """
 local id, max_queued, q, retention = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local owner, budget, reserve = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local queued = redis.call('ZCARD', P .. ':queued')
 if redis.call('EXISTS', jkey(id)) == 1 then return {1, queued} end
 if queued >= max_queued then return {-1, queued} end
+if budget then
+  local left = budget - tonumber(redis.call('HGET', P .. ':spent_micro', owner) or '0')
+    - tonumber(redis.call('HGET', P .. ':reserved_micro', owner) or '0')
+  if left <= 0 or reserve > left then return {-2, left} end
+  redis.call('HINCRBY', P .. ':reserved_micro', owner, reserve)
+else
+  reserve = 0
+end
 local t = now()
 local stream = P .. ':stream:' .. q
 redis.pcall('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')
 local entry = redis.call('XADD', stream, '*', 'job', id)
 local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', jkey(id), 'status', 'queued', 'queue', q, 'entry', entry, 'created_at', fmt(t),
-  'attempts', 0, 'cancel_requested', 0, unpack(fields))
+  'attempts', 0, 'cancel_requested', 0, 'reserved_micro', reserve, unpack(fields))
 redis.call('ZADD', P .. ':queued', fmt(t), id)
 redis.call('ZADD', P .. ':queued:' .. q, fmt(t), id)
 redis.call('SADD', P .. ':queues', q)
@@ -192,7 +211,8 @@ for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 return terminal(ARGV[2], ARGV[3], now(), fields, tonumber(ARGV[4]))
 """
 
-# ARGV: prefix, job_id, retention, ttl_s, owner. Completion also feeds ETAs and per-key spend.
+# ARGV: prefix, job_id, retention, ttl_s, then field/value pairs (results first; cost_micro: the
+# charge). Only the winning terminal write charges the key and leaves an ETA calibration sample.
 COMPLETE = """
 local id, retention, ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local fields = {}
@@ -207,10 +227,14 @@ if terminal(id, 'completed', t, fields, retention) == 0 then return 0 end
 redis.call('HSET', key, 'results_expire_at', fmt(t + ttl))
 redis.call('ZADD', P .. ':results_expire', fmt(t + ttl), id)
 local seconds = redis.call('HGET', key, 'inference_seconds')
-local etas = P .. ':eta:' .. redis.call('HGET', key, 'kind')
-redis.call('LPUSH', etas, seconds)
-redis.call('LTRIM', etas, 0, 19)
-redis.call('HINCRBYFLOAT', P .. ':spent', redis.call('HGET', key, 'owner'), seconds)
+local work = redis.call('HGET', key, 'work')
+if not work or work == '' then work = '{}' end
+redis.call('LPUSH', P .. ':calibration', '{"work":' .. work .. ',"seconds":' .. seconds .. '}')
+redis.call('LTRIM', P .. ':calibration', 0, 49)
+local cost = tonumber(redis.call('HGET', key, 'cost_micro') or '')
+if cost and cost ~= 0 then
+  redis.call('HINCRBY', P .. ':spent_micro', redis.call('HGET', key, 'owner'), cost)
+end
 return 1
 """
 

@@ -21,13 +21,14 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ..jobs import EditJob, JobMeta, JobRecord, JobStatus, Progress, ResultFile
+from .redis_costs import RedisCostTables
 from .redis_limits import RedisLimitTables
 from .redis_scripts import GROUP, PRELUDE, SCRIPTS
 from .redis_side import RedisSideTables
+from .sqlite_costs import budget_refusal, to_micro
 
 # Finished job records stay readable this long (at least twice the result TTL).
 MIN_RETENTION_S = 7 * 24 * 3600
-_ETA_SAMPLES = 20
 
 
 def queue_name(meta: JobMeta) -> str:
@@ -50,7 +51,7 @@ def _opt_float(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
-class RedisStore(RedisSideTables, RedisLimitTables):
+class RedisStore(RedisSideTables, RedisLimitTables, RedisCostTables):
     def __init__(
         self,
         url: str,
@@ -118,6 +119,7 @@ class RedisStore(RedisSideTables, RedisLimitTables):
             results=[ResultFile.model_validate(r) for r in json.loads(h.get("results") or "[]")],
             seed=int(h["seed"]) if h.get("seed") else None,
             inference_seconds=_opt_float(h.get("inference_seconds")),
+            cost_usd=int(h["cost_micro"]) / 1e6 if h.get("cost_micro") else None,
             warnings=json.loads(h.get("warnings") or "[]"),
             failure_reason_code=h.get("failure_reason_code") or None,
             error=h.get("error") or None,
@@ -126,7 +128,18 @@ class RedisStore(RedisSideTables, RedisLimitTables):
         )
 
     # -- queue -------------------------------------------------------------------------------
-    def add_job(self, job_id: str, job: EditJob, meta: JobMeta, *, max_queued: int) -> JobRecord:
+    def add_job(
+        self,
+        job_id: str,
+        job: EditJob,
+        meta: JobMeta,
+        *,
+        max_queued: int,
+        budget_usd: float | None = None,
+        reserve_usd: float = 0.0,
+    ) -> JobRecord:
+        """Queue a job; with a ``budget_usd``, its estimated cost is reserved in the same script
+        (INSUFFICIENT_BALANCE when it does not fit beside the key's costs and open reservations)."""
         from ..errors import ServiceError
 
         fields = {
@@ -138,9 +151,16 @@ class RedisStore(RedisSideTables, RedisLimitTables):
             "warnings": json.dumps(meta.warnings),
             "callback_url": meta.callback_url or "",
             "contract": meta.contract,
+            "work": json.dumps(meta.work),
         }
         flat = [x for pair in fields.items() for x in pair]
-        added, queued = self._run("add", job_id, max_queued, queue_name(meta), self.retention_s, *flat)
+        budget = "" if budget_usd is None else to_micro(budget_usd)
+        reserve = to_micro(reserve_usd)
+        added, queued = self._run(
+            "add", job_id, max_queued, queue_name(meta), self.retention_s, meta.owner, budget, reserve, *flat
+        )
+        if added == -2:
+            raise budget_refusal(int(queued), reserve)
         if added != 1:
             raise ServiceError("QUEUE_FULL", f"the queue is full ({queued} jobs waiting)", retry_after_s=30)
         # Idle workers on every pod listen (open_waker); fire-and-forget, a dead pod blocks nothing.
@@ -157,32 +177,13 @@ class RedisStore(RedisSideTables, RedisLimitTables):
         rec = self._record(h)
         if rec.status.is_terminal():
             return rec
-        avg = self._average_seconds(rec.kind)
-        queue = h["queue"]
-        if rec.status == JobStatus.QUEUED:
-            ahead = self.r.zrank(self.k("queued", queue), job_id)
-            ahead = ahead if ahead is not None else 0
-            rec.queue_position = ahead + 1
-            rec.estimated_seconds = avg * (ahead // self._consumers(queue) + 1)
-        else:
-            now = self.redis_now()
-            elapsed = now - (_opt_float(h.get("claimed_at")) or now)
-            rec.estimated_seconds = max(avg - elapsed, 1.0)
+        self._fill_eta(rec, h)
         return rec
-
-    def _average_seconds(self, kind: str) -> float:
-        samples = [float(s) for s in self.r.lrange(self.k("eta", kind), 0, _ETA_SAMPLES - 1)]
-        return sum(samples) / len(samples) if samples else self.default_job_seconds
 
     def _consumers(self, queue: str) -> int:
         """Live workers that read ``queue`` (ETAs divide the work ahead among them)."""
         count = sum(1 for info in self.live_workers(max_age_s=10.0) if _reads(info, queue))
         return count or self.workers
-
-    def estimate_new(self, kind: str) -> float:
-        """ETA for a job of ``kind`` queued now: everything queued, shared by every live worker."""
-        consumers = len(self.live_workers(max_age_s=10.0)) or self.workers
-        return self._average_seconds(kind) * (self.queued_count() // consumers + 1)
 
     def _streams(self) -> list[str]:
         """The queues this worker reads, in order: its own pod's first, then the shared ones."""
@@ -250,8 +251,15 @@ class RedisStore(RedisSideTables, RedisLimitTables):
         return self._run("progress", job_id, worker_id, progress.model_dump_json()) == 1
 
     def complete(
-        self, job_id: str, results: list[ResultFile], seed: int, inference_seconds: float, warnings: list[str]
+        self,
+        job_id: str,
+        results: list[ResultFile],
+        seed: int,
+        inference_seconds: float,
+        warnings: list[str],
+        cost_usd: float | None = None,
     ) -> bool:
+        """The first terminal write wins: only it charges ``cost_usd`` and releases the reservation."""
         fields = [
             "results",
             json.dumps([r.model_dump() for r in results]),
@@ -262,6 +270,8 @@ class RedisStore(RedisSideTables, RedisLimitTables):
             "warnings",
             json.dumps(warnings),
         ]
+        if cost_usd is not None:
+            fields += ["cost_micro", to_micro(cost_usd)]
         return self._run("complete", job_id, self.retention_s, self.result_ttl_s, *fields) == 1
 
     def fail(self, job_id: str, code: str, message: str, retryable: bool) -> bool:
@@ -300,10 +310,6 @@ class RedisStore(RedisSideTables, RedisLimitTables):
     def expire_results(self) -> list[str]:
         """Forget results past their TTL; returns the files to delete (relative paths)."""
         return [r["path"] for raw in self._run("expire_results") for r in json.loads(raw)]
-
-    def spent_usd(self, owner: str, price_per_gpu_hour: float) -> float:
-        seconds = float(self.r.hget(self.k("spent"), owner) or 0)
-        return seconds * price_per_gpu_hour / 3600
 
     def queued_jobs(self, queue: str) -> list[str]:
         return self.r.zrange(self.k("queued", queue), 0, -1)

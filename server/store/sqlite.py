@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..jobs import EditJob, JobMeta, JobRecord, JobStatus, Progress, ResultFile
+from .sqlite_costs import CostTables, to_micro
 from .sqlite_limits import LIMITS_SCHEMA, LimitTables
 from .sqlite_tables import SideTables
 
@@ -50,10 +51,9 @@ CREATE TABLE IF NOT EXISTS workers (
 """
 
 _TERMINAL = tuple(s.value for s in JobStatus if s.is_terminal())
-_ETA_SAMPLES = 20
 
 
-class SQLiteStore(SideTables, LimitTables):
+class SQLiteStore(SideTables, LimitTables, CostTables):
     def __init__(
         self, path: Path, *, result_ttl_s: float = 86400, default_job_seconds: float = 30, workers: int = 1
     ):
@@ -64,6 +64,7 @@ class SQLiteStore(SideTables, LimitTables):
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db().executescript(_SCHEMA + LIMITS_SCHEMA)  # executescript manages its own transaction
+        self._migrate_costs()
 
     # -- plumbing ----------------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
@@ -110,6 +111,7 @@ class SQLiteStore(SideTables, LimitTables):
             results=[ResultFile.model_validate(r) for r in json.loads(row["results"])],
             seed=row["seed"],
             inference_seconds=row["inference_seconds"],
+            cost_usd=None if row["cost_micro"] is None else row["cost_micro"] / 1e6,
             warnings=json.loads(row["warnings"]),
             failure_reason_code=row["failure_reason_code"],
             error=row["error"],
@@ -117,7 +119,18 @@ class SQLiteStore(SideTables, LimitTables):
         )
 
     # -- queue -------------------------------------------------------------------------------
-    def add_job(self, job_id: str, job: EditJob, meta: JobMeta, *, max_queued: int) -> JobRecord:
+    def add_job(
+        self,
+        job_id: str,
+        job: EditJob,
+        meta: JobMeta,
+        *,
+        max_queued: int,
+        budget_usd: float | None = None,
+        reserve_usd: float = 0.0,
+    ) -> JobRecord:
+        """Queue a job; with a ``budget_usd``, its estimated cost is reserved in the same transaction
+        (INSUFFICIENT_BALANCE when it does not fit beside the key's costs and open reservations)."""
         from ..errors import ServiceError
 
         with self._tx() as db:
@@ -126,9 +139,10 @@ class SQLiteStore(SideTables, LimitTables):
                 raise ServiceError(
                     "QUEUE_FULL", f"the queue is full ({queued} jobs waiting)", retry_after_s=30
                 )
+            reserved = self._reserve(db, meta.owner, budget_usd, reserve_usd)
             db.execute(
-                "INSERT INTO jobs (id, kind, status, owner, job, meta, created_at, warnings)"
-                " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, kind, status, owner, job, meta, created_at, warnings, reserved_micro)"
+                " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     job.kind(),
@@ -137,6 +151,7 @@ class SQLiteStore(SideTables, LimitTables):
                     meta.model_dump_json(),
                     time.time(),
                     json.dumps(meta.warnings),
+                    reserved,
                 ),
             )
         return self.get_job(job_id)
@@ -149,16 +164,7 @@ class SQLiteStore(SideTables, LimitTables):
         rec = self._record(row)
         if rec.status.is_terminal():
             return rec
-        avg = self._average_seconds(rec.kind)
-        if rec.status == JobStatus.QUEUED:
-            (ahead,) = db.execute(
-                "SELECT count(*) FROM jobs WHERE status='queued' AND created_at < ?", (rec.created_at,)
-            ).fetchone()
-            rec.queue_position = ahead + 1
-            rec.estimated_seconds = avg * (ahead // self.workers + 1)
-        else:
-            elapsed = time.time() - (row["claimed_at"] or time.time())
-            rec.estimated_seconds = max(avg - elapsed, 1.0)
+        self._fill_eta(rec, row["claimed_at"])
         return rec
 
     def list_jobs(self, owner: str, *, contract: str | None = None, limit: int = 50) -> list[JobRecord]:
@@ -170,23 +176,6 @@ class SQLiteStore(SideTables, LimitTables):
             args.append(contract)
         rows = self._db().execute(sql + " ORDER BY created_at DESC LIMIT ?", (*args, limit)).fetchall()
         return [self._record(row) for row in rows]
-
-    def _average_seconds(self, kind: str) -> float:
-        rows = (
-            self._db()
-            .execute(
-                "SELECT inference_seconds FROM jobs WHERE kind=? AND status='completed' AND inference_seconds"
-                " IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
-                (kind, _ETA_SAMPLES),
-            )
-            .fetchall()
-        )
-        return sum(r[0] for r in rows) / len(rows) if rows else self.default_job_seconds
-
-    def estimate_new(self, kind: str) -> float:
-        """ETA for a job of ``kind`` queued now."""
-        (queued,) = self._db().execute("SELECT count(*) FROM jobs WHERE status='queued'").fetchone()
-        return self._average_seconds(kind) * (queued // self.workers + 1)
 
     def open_waker(self) -> None:
         return None  # one machine: the supervisor's pipe wakes its workers
@@ -236,8 +225,10 @@ class SQLiteStore(SideTables, LimitTables):
         now = time.time()
         sets = ", ".join(f"{k}=?" for k in fields)
         cur = db.execute(
-            f"UPDATE jobs SET status=?, finished_at=?, lease_owner=NULL, lease_expires=NULL"
-            f"{', ' + sets if sets else ''} WHERE id=? AND status NOT IN ({','.join('?' * len(_TERMINAL))})",
+            # the reservation goes with the terminal write: a job ends (and is settled) only once
+            "UPDATE jobs SET status=?, finished_at=?, lease_owner=NULL, lease_expires=NULL,"
+            f" reserved_micro=NULL{', ' + sets if sets else ''}"
+            f" WHERE id=? AND status NOT IN ({','.join('?' * len(_TERMINAL))})",
             (status.value, now, *fields.values(), job_id, *_TERMINAL),
         )
         if cur.rowcount != 1:
@@ -256,8 +247,15 @@ class SQLiteStore(SideTables, LimitTables):
         return True
 
     def complete(
-        self, job_id: str, results: list[ResultFile], seed: int, inference_seconds: float, warnings: list[str]
+        self,
+        job_id: str,
+        results: list[ResultFile],
+        seed: int,
+        inference_seconds: float,
+        warnings: list[str],
+        cost_usd: float | None = None,
     ) -> bool:
+        """The first terminal write wins: only it charges ``cost_usd`` and releases the reservation."""
         with self._tx() as db:
             return self._terminal(
                 db,
@@ -268,6 +266,7 @@ class SQLiteStore(SideTables, LimitTables):
                 inference_seconds=inference_seconds,
                 warnings=json.dumps(warnings),
                 results_expire_at=time.time() + self.result_ttl_s,
+                cost_micro=None if cost_usd is None else to_micro(cost_usd),
             )
 
     def fail(self, job_id: str, code: str, message: str, retryable: bool) -> bool:
@@ -374,11 +373,3 @@ class SQLiteStore(SideTables, LimitTables):
                 paths += [r["path"] for r in json.loads(row["results"])]
                 db.execute("UPDATE jobs SET results='[]' WHERE id=?", (row["id"],))
         return paths
-
-    def spent_usd(self, owner: str, price_per_gpu_hour: float) -> float:
-        (seconds,) = (
-            self._db()
-            .execute("SELECT coalesce(sum(inference_seconds), 0) FROM jobs WHERE owner=?", (owner,))
-            .fetchone()
-        )
-        return seconds * price_per_gpu_hour / 3600

@@ -131,9 +131,6 @@ class DepictaService:
                 f"model {model!r} is not available (have: {', '.join(sorted(known))})",
                 field="model",
             )
-        balance = self.core.balance(owner)
-        if balance is not None and balance <= 0:
-            raise ServiceError("INSUFFICIENT_BALANCE", "the budget of this API key is spent")
         params = {
             "prompt": req.prompt,
             "aspect_ratio": req.aspect_ratio,

@@ -85,9 +85,6 @@ class FashnService:
         inputs = req.inputs
         if req.webhook_url is not None:  # the policy of input URLs, told now rather than never
             check_callback_url(req.webhook_url, self.core.fetch_policy, "webhook_url")
-        balance = self.core.balance(owner)
-        if balance is not None and balance <= 0:
-            raise ServiceError("INSUFFICIENT_BALANCE", "the budget of this API key is spent")
         params = {
             "prompt": inputs.prompt,
             "lightning_steps": LIGHTNING_STEPS[inputs.generation_mode],

@@ -72,9 +72,6 @@ class ImagePipelineService:
             )
         if req.callback_url is not None:  # the policy of input URLs, told now rather than never
             check_callback_url(req.callback_url, self.core.fetch_policy, "callback_url")
-        balance = self.core.balance(owner)
-        if balance is not None and balance <= 0:
-            raise ServiceError("INSUFFICIENT_BALANCE", "the budget of this API key is spent")
         if req.profile_id is not None:
             profile = self.core.store.get_profile(req.profile_id)
             if profile is None or profile.owner != owner:
@@ -115,7 +112,7 @@ class ImagePipelineService:
         record = self.core.submit(params, images, meta, image_field="input_image", mask=mask)
         return SubmitResponse(
             job_id=record.id,
-            estimated_time_seconds=round(record.estimated_seconds or self.core.estimate_new(record.job)),
+            estimated_time_seconds=round(record.estimated_seconds or self.core.estimate_new(record)),
         )
 
     def status(self, job_id: str, owner: str) -> StatusResponse:
