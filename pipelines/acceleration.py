@@ -93,8 +93,8 @@ def fuse_and_quantize(pipe, perf: Performance, where: str) -> str | None:
 def offload_text_encoder(pipe, perf: Performance) -> None:
     """Park the text encoder in CPU memory behind an accelerate hook that brings it to the
     pipeline's device for each forward; ``release_text_encoder`` sends it back after encoding."""
-    if not perf.offload_text_encoder:
-        return
+    if not perf.offload_text_encoder or getattr(pipe, "text_encoder_hook", None) is not None:
+        return  # off, or the memory plan already keeps it in CPU memory
     from accelerate import cpu_offload_with_hook
 
     device = pipe.device

@@ -44,8 +44,6 @@ def render_plan(plan, weights: str) -> str:
         )
     for lora in plan.loras:
         where = "adapter beside the transformer"
-        if plan.fused_lora == lora.name:
-            where = "fused into the FP8 weights"
         sized = "estimate" if lora.estimate else lora.why
         out.append(
             f"{lora.model + '.loras.' + lora.name:<36} {lora.parameters / 1e9:>10.3f} B "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from . import acceleration
+from . import acceleration, memory_apply
 from .errors import RegistryError
 from .registry import ModelEntry, Registry
 
@@ -58,6 +58,8 @@ class LoadedEditModel:
     hashes: dict[str, str] = field(default_factory=dict)
     # performance.fuse_lora: the LoRA baked into the (fp8) weights; no adapters remain to switch
     fused: str | None = None
+    # where each component lives (pipelines/memory.py); None = everything resident
+    memory_plan: object | None = None
 
 
 @dataclass
@@ -81,7 +83,9 @@ def load_edit_model(registry: Registry, device: str | None = None) -> LoadedEdit
     target = resolve_device(device or entry.device)
     dtype = DTYPES[entry.dtype]
     pipe = RetouchQwenEditPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
-    pipe.to(target)
+    plan = memory_apply.plan_for(registry, target)
+    placements = memory_apply.placements_of(plan, name)
+    memory_apply.move_resident(pipe, placements, target)
     pipe.set_progress_bar_config(disable=True)
     hashes = {f"{name}/{k}": v for k, v in folder_hashes(folder).items()}
 
@@ -100,6 +104,7 @@ def load_edit_model(registry: Registry, device: str | None = None) -> LoadedEdit
     fused = acceleration.fuse_and_quantize(pipe, perf, where)
     if perf.quantize != "none":
         adapters = []
+    memory_apply.apply_offloads(pipe, placements, target, f"models.{name}")
     acceleration.compile_regional(pipe.transformer, perf)
     acceleration.offload_text_encoder(pipe, perf)
     pipe.prompt_cache = acceleration.PromptCache(perf.prompt_cache_size) if perf.prompt_cache_size else None
@@ -108,7 +113,7 @@ def load_edit_model(registry: Registry, device: str | None = None) -> LoadedEdit
     for sched_name, overrides in registry.schedulers.items():
         config = {k: v for k, v in overrides.items() if not k.startswith("_")}
         schedulers[sched_name] = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, **config)
-    return LoadedEditModel(name, entry, pipe, schedulers, adapters, hashes, fused)
+    return LoadedEditModel(name, entry, pipe, schedulers, adapters, hashes, fused, plan)
 
 
 def load_refiner(registry: Registry, device: str | None = None) -> LoadedRefiner | None:
@@ -122,10 +127,13 @@ def load_refiner(registry: Registry, device: str | None = None) -> LoadedRefiner
     pipe = ZImageImg2ImgPipeline.from_pretrained(
         folder, torch_dtype=DTYPES[entry.dtype], local_files_only=True
     )
-    pipe.to(resolve_device(device or entry.device))
+    target = resolve_device(device or entry.device)
+    placements = memory_apply.placements_of(memory_apply.plan_for(registry, target), name)
+    memory_apply.move_resident(pipe, placements, target)
     pipe.set_progress_bar_config(disable=True)
     perf = entry.performance
     acceleration.set_attention_backend(pipe.transformer, perf.attention_backend, f"models.{name}")
+    memory_apply.apply_offloads(pipe, placements, target, f"models.{name}")
     acceleration.compile_regional(pipe.transformer, perf)
     acceleration.offload_text_encoder(pipe, perf)
     return LoadedRefiner(name, entry, pipe, {f"{name}/{k}": v for k, v in folder_hashes(folder).items()})

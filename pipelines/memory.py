@@ -42,11 +42,11 @@ REFERENCE_SIDE = 1024
 NAMED_PLANS: dict[str, tuple[tuple[str, str, str], tuple[str, str, str]]] = {
     "resident": (("gpu", "gpu", "gpu"), ("gpu", "gpu", "gpu")),
     "refiner-streamed": (("gpu", "gpu", "gpu"), ("streamed", "gpu", "gpu")),
-    "refiner-on-demand": (("gpu", "gpu", "gpu"), ("cpu-visit", "cpu-visit", "cpu-visit")),
-    "encoder-offload": (("gpu", "cpu-visit", "gpu"), ("cpu-visit", "cpu-visit", "cpu-visit")),
+    "refiner-on-demand": (("gpu", "gpu", "gpu"), ("streamed", "cpu-visit", "cpu-visit")),
+    "encoder-offload": (("gpu", "cpu-visit", "gpu"), ("streamed", "cpu-visit", "cpu-visit")),
     "edit-streamed": (("streamed", "gpu", "gpu"), ("gpu", "gpu", "gpu")),
     "low-memory": (("streamed", "cpu-visit", "gpu"), ("streamed", "cpu-visit", "gpu")),
-    "fp8": (("gpu-fp8", "cpu-visit", "gpu"), ("cpu-visit", "cpu-visit", "cpu-visit")),
+    "fp8": (("gpu-fp8", "cpu-visit", "gpu"), ("streamed", "cpu-visit", "gpu")),
     "fp8-streamed": (("streamed-fp8", "cpu-visit", "gpu"), ("streamed", "cpu-visit", "gpu")),
 }
 COMPONENTS = ("transformer", "text_encoder", "vae")
@@ -57,7 +57,6 @@ class _Inputs:
     sizes: dict[str, list[ComponentSize]]  # role -> components
     loras: list[LoraSize]
     workload: Workload
-    fused: str | None
     dtype: dict[str, str]
     device: DeviceProfile
 
@@ -86,7 +85,7 @@ def _inputs(registry: Registry, max_side: int | None, device: DeviceProfile) -> 
         vae_condition_pixels=edit_area,
         refiner_tiling_above_pixels=refiner[1].vae_tiling_above_pixels if refiner else 2048 * 2048,
     )
-    return _Inputs(sizes, loras, work, registry.memory.fuse_lora, dtype, device)
+    return _Inputs(sizes, loras, work, dtype, device)
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,7 @@ def _evaluate(inputs: _Inputs, placements: dict[str, str], side: int) -> _Evalua
             placement = placements[size.key]
             adapters = 0
             if size.component == "transformer" and not refiner:
-                adapters = lora_bytes(inputs.loras, inputs.fused, placement)
+                adapters = lora_bytes(inputs.loras)
             resident += resident_bytes(size, placement, adapters)
             host += host_bytes(size, placement, adapters)
             nbytes, seconds = transfer_per_job(
@@ -268,7 +267,6 @@ def plan_memory(
         host_bytes_available=host_budget,
         rows=rows,
         loras=inputs.loras,
-        fused_lora=inputs.fused if any(p in LOSSY for p in placements.values()) else None,
         peak_bytes=ev.peak,
         peak_stage=ev.stage,
         host_bytes_needed=ev.host,

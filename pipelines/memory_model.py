@@ -108,10 +108,8 @@ def activation_bytes(size: ComponentSize, side: int, work: Workload, refiner: bo
     return TEXT_ENCODER_ACTIVATION.get(size.component, GIB)
 
 
-def lora_bytes(loras: list[LoraSize], fused: str | None, placement: str) -> int:
-    """Adapter weights held beside a transformer: none once one is fused into FP8 weights."""
-    if fused is not None and placement in ("gpu-fp8", "streamed-fp8"):
-        return 0
+def lora_bytes(loras: list[LoraSize]) -> int:
+    """Adapter weights held beside the edit transformer (they stay bf16 over FP8 weights too)."""
     return sum(lora.bytes for lora in loras)
 
 

@@ -44,7 +44,6 @@ class MemoryPlan:
     host_bytes_available: int
     rows: list[Row]
     loras: list[LoraSize]
-    fused_lora: str | None
     peak_bytes: int
     peak_stage: str
     host_bytes_needed: int

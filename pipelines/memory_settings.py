@@ -20,7 +20,8 @@ MemoryPlanName = Literal[
 ]
 Placement = Literal["gpu", "gpu-fp8", "cpu-visit", "streamed", "streamed-fp8"]
 PLACEMENTS_BY_COMPONENT: dict[str, tuple[str, ...]] = {
-    "transformer": ("gpu", "gpu-fp8", "cpu-visit", "streamed", "streamed-fp8"),
+    # a transformer runs every step: it streams block by block rather than visiting whole
+    "transformer": ("gpu", "gpu-fp8", "streamed", "streamed-fp8"),
     "text_encoder": ("gpu", "cpu-visit"),
     "vae": ("gpu", "cpu-visit"),
 }
@@ -38,9 +39,6 @@ class MemorySettings(BaseModel):
     host_memory_gib: float | None = Field(default=None, gt=0, le=65536)
     # "<model>.<component>" -> placement, applied on top of whichever plan is chosen
     overrides: dict[str, Placement] = Field(default_factory=dict)
-    # FP8 placements: the edit LoRA fused into the weights first (the model then serves only it);
-    # null keeps the LoRAs as switchable adapters over the per-channel scaled FP8 weights
-    fuse_lora: str | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -203,8 +203,6 @@ class Registry(_Strict):
             if key.rpartition(".")[0] not in self.models:
                 have = sorted(self.models)
                 raise ValueError(f"memory.overrides: {key!r} names no declared model (have {have})")
-        if self.memory.fuse_lora is not None and self.memory.fuse_lora not in edit_loras:
-            raise ValueError(f"memory.fuse_lora: {self.memory.fuse_lora!r} is not a LoRA of the edit model")
         for name, public in self.public_models.items():
             target = self.models.get(public.model)
             if target is None or not {"edit", "edit_plus"} & set(target.roles):

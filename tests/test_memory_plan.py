@@ -150,14 +150,16 @@ def test_memory_settings_in_weights_yaml_are_validated(configs_only, tmp_path):
     assert load_registry(good).memory.plan == "low-memory"
     overridden = tmp_path / "overridden.yaml"
     overridden.write_text(
-        text + "\nmemory:\n  gpu_memory_gib: 80\n  overrides:\n    z-image-turbo.transformer: cpu-visit\n"
+        text + "\nmemory:\n  gpu_memory_gib: 141\n  overrides:\n    z-image-turbo.text_encoder: cpu-visit\n"
     )
     registry = load_registry(overridden)
     plan = plan_memory(registry, registry.memory.gpu_memory_gib, host_memory_gib=HOST_GIB)
-    assert plan.placement("z-image-turbo", "transformer") == "cpu-visit"
+    assert plan.placement("z-image-turbo", "text_encoder") == "cpu-visit"
+    assert plan.placement("z-image-turbo", "transformer") == "gpu"
     for bad, named in (
         ("memory: everything-on-gpu", "memory"),
         ("memory:\n  overrides:\n    qwen-image-edit-2509.vae: streamed", "qwen-image-edit-2509.vae"),
+        ("memory:\n  overrides:\n    z-image-turbo.transformer: cpu-visit", "not 'cpu-visit'"),
         ("memory:\n  overrides:\n    nope.transformer: gpu", "nope.transformer"),
         ("memory:\n  gpu_memory_gib: -3", "gpu_memory_gib"),
     ):

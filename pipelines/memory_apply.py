@@ -1,0 +1,124 @@
+"""Applying a memory plan to loaded pipelines through the libraries' own hooks.
+
+- ``gpu``: the component moves to the device, as without a plan.
+- ``streamed``: diffusers block-level group offloading, one block per group; on CUDA the next
+  block's copy runs on its own stream. ``record_stream`` stays off (diffusers #12673).
+- ``gpu-fp8`` / ``streamed-fp8``: torchao float8 weight-only (e4m3, one scale per output channel,
+  computed in the model's dtype) on the blocks' linear layers, LoRA layers excluded, so the adapters
+  stay bf16 and switchable over the scaled FP8 base.
+- ``cpu-visit``: text encoders behind an accelerate hook (the pipelines send them back after
+  encoding); a VAE through diffusers' leaf-level group offloading (encode and decode each bring its
+  layers in and send them back).
+On a CPU both devices are the CPU: the same hooks run, which is how the tests exercise them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .errors import RegistryError
+from .memory import NoPlanFits, plan_memory
+from .memory_model import GIB, typical_device
+from .memory_plan import MemoryPlan
+from .memory_sizes import BLOCK_LISTS
+from .registry import Registry
+
+log = logging.getLogger("retouch.engine")
+# CPU runs plan a named plan without a budget: every mechanism is applied, nothing is refused.
+UNBOUNDED_GIB = 1 << 20
+
+
+def choose_plan(registry: Registry, device: torch.device) -> MemoryPlan | None:
+    """The plan this worker runs; None keeps every model resident (``auto`` on a CPU)."""
+    settings = registry.memory
+    if device.type != "cuda":
+        if settings.plan == "auto" and not settings.overrides:
+            return None
+        plan = None if settings.plan == "auto" else settings.plan
+        return plan_memory(registry, UNBOUNDED_GIB, host_memory_gib=UNBOUNDED_GIB, plan=plan)
+    free, total = torch.cuda.mem_get_info(device)
+    # Whatever else already holds memory on this card is not ours to plan with.
+    gib = settings.gpu_memory_gib or free / GIB
+    profile = typical_device(total / GIB)
+    try:
+        plan = plan_memory(registry, gib, device=profile)
+    except NoPlanFits as e:
+        raise RegistryError(f"{registry.source}: memory: {e}") from None
+    log.info("memory plan %s for %.1f GiB: %s", plan.name, gib, plan.summary())
+    return plan
+
+
+# One plan per registry object, so the refiner is placed by the plan the edit model was (the free
+# memory a second look would see already counts the edit model's weights).
+_PLANS: dict[int, tuple[Registry, MemoryPlan | None]] = {}
+
+
+def plan_for(registry: Registry, device: torch.device) -> MemoryPlan | None:
+    cached = _PLANS.get(id(registry))
+    if cached is None or cached[0] is not registry:
+        cached = _PLANS[id(registry)] = (registry, choose_plan(registry, device))
+    return cached[1]
+
+
+def placements_of(plan: MemoryPlan | None, model: str) -> dict[str, str]:
+    if plan is None:
+        return {}
+    return {row.size.component: row.placement for row in plan.rows if row.size.model == model}
+
+
+def move_resident(pipe, placements: dict[str, str], target: torch.device) -> None:
+    """Send resident components to the device; the others stay in CPU memory for their hooks."""
+    if not placements:
+        pipe.to(target)
+        return
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module) and placements.get(name, "gpu") in ("gpu", "gpu-fp8"):
+            component.to(target)
+
+
+def _quantize_fp8(transformer, where: str) -> None:
+    try:
+        from torchao.quantization import Float8WeightOnlyConfig, quantize_
+    except ImportError:
+        raise RegistryError(f"{where}: FP8 placements need the torchao package") from None
+    prefixes = tuple(f"{b}." for b in BLOCK_LISTS.get(type(transformer).__name__, ("transformer_blocks",)))
+
+    def block_linear(module, fqn: str) -> bool:
+        # LoRA layers stay in the model's dtype; only the base weights are stored in FP8.
+        return isinstance(module, torch.nn.Linear) and fqn.startswith(prefixes) and ".lora_" not in fqn
+
+    quantize_(transformer, Float8WeightOnlyConfig(), block_linear)
+
+
+def _stream_blocks(transformer, target: torch.device) -> None:
+    transformer.enable_group_offload(
+        onload_device=target,
+        offload_device=torch.device("cpu"),
+        offload_type="block_level",
+        num_blocks_per_group=1,
+        use_stream=target.type == "cuda",
+    )
+
+
+def apply_offloads(pipe, placements: dict[str, str], target: torch.device, where: str) -> None:
+    """After the LoRAs are loaded: FP8 storage, streaming and visits, as the plan says."""
+    transformer = placements.get("transformer", "gpu")
+    if transformer in ("gpu-fp8", "streamed-fp8"):
+        _quantize_fp8(pipe.transformer, where)
+    if transformer in ("streamed", "streamed-fp8"):
+        _stream_blocks(pipe.transformer, target)
+    if placements.get("text_encoder") == "cpu-visit" and getattr(pipe, "text_encoder_hook", None) is None:
+        from accelerate import cpu_offload_with_hook
+
+        pipe.text_encoder.to("cpu")
+        _, pipe.text_encoder_hook = cpu_offload_with_hook(pipe.text_encoder, execution_device=target)
+    if placements.get("vae") == "cpu-visit":
+        from diffusers.hooks import apply_group_offloading
+
+        apply_group_offloading(
+            pipe.vae, onload_device=target, offload_type="leaf_level", use_stream=target.type == "cuda"
+        )
+    if placements:
+        log.info("%s placed: %s", where, placements)
