@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,40 @@ def test_retouch_plan_on_a_configs_only_folder(configs_only):
     assert refused.returncode == 2
     assert "smallest GPU memory that would work is 19 GiB" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_sizes_from_headers_and_from_configs_alone_match_the_loaded_model(tiny_weights, engine, tmp_path):
+    from pipelines.memory_sizes import component_sizes, lora_size, read_safetensors_header
+
+    registry = load_registry(tiny_weights)
+    name, entry = registry.model_for("edit_plus")
+    pipe = engine.edit.pipe
+    # the engine holds the LoRAs as adapters inside the transformer: count its base weights
+    loaded = {
+        part: sum(p.numel() for n, p in getattr(pipe, part).named_parameters() if ".lora_" not in n)
+        for part in ("transformer", "text_encoder", "vae")
+    }
+    from_headers = {s.component: s for s in component_sizes(registry, name, entry)}
+    assert {c: s.parameters for c, s in from_headers.items()} == loaded
+    assert all(s.counts.source == "safetensors headers" for s in from_headers.values())
+
+    # the same folder with its weight files gone: built on the meta device, counted the same
+    bare_folder = tmp_path / "configs-only"
+    shutil.copytree(tiny_weights.parent, bare_folder)
+    for file in bare_folder.rglob("*.safetensors"):
+        file.unlink()
+    bare = load_registry(bare_folder / tiny_weights.name)
+    from_configs = {s.component: s for s in component_sizes(bare, name, entry)}
+    for component, size in from_headers.items():
+        assert from_configs[component].counts == replace(size.counts, source="config (meta device)")
+
+    # a LoRA on disk is sized from its header; one not downloaded yet, from its declared rank
+    lora = entry.loras["lightning-8"]
+    on_disk = lora_size(registry, name, "lightning-8", lora, from_headers["transformer"])
+    ranked = lora.model_copy(update={"rank": 4})
+    estimated = lora_size(bare, name, "lightning-8", ranked, from_configs["transformer"])
+    assert not on_disk.estimate and estimated.estimate and "declared rank 4" in estimated.why
+    header = read_safetensors_header(registry.resolve(lora.path))
+    alphas = sum(1 for t in header.values() if t["shape"] == [])
+    # rank x (in + out) over the blocks' linear layers: the file's matrices exactly (tiny: rank 4)
+    assert estimated.parameters == on_disk.parameters - alphas
