@@ -12,13 +12,10 @@ post-processing are the engine's in both. See benchmarks/README.md for the colum
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import io
 import os
 import sys
 import tempfile
-import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +29,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks import flops, perf_options, report  # noqa: E402
-from benchmarks.instrument import Probe, StockEditPipe  # noqa: E402
+from benchmarks.engines import DEFAULT_LORA_RANK, full_engine, install_probe, tiny_engine, with_stock  # noqa: E402
+from benchmarks.instrument import Probe  # noqa: E402
 
 CASES: dict[str, dict] = {
     "lightning-4": dict(lightning_steps=4),
@@ -54,77 +52,6 @@ STAGES = (
     "end_to_end",
 )
 PROMPT = "Replace the background with a sunlit beach and keep the person's face unchanged"
-DEFAULT_LORA_RANK = 32  # the published Lightning LoRAs' rank is not stated here; 32 is assumed
-RANDOM_NOTE = "random weights: timings reflect the architectures' compute, not image quality"
-
-
-# -- models ----------------------------------------------------------------------------------------
-def tiny_engine(device: torch.device, workdir: str):
-    from pipelines import EditEngine, build_tiny_weights, load_registry
-
-    registry = load_registry(build_tiny_weights(workdir))
-    return EditEngine(registry, str(device)), ["tiny random-weight models on the real code path (EditEngine)"]
-
-
-def full_engine(device: torch.device, names: list[str], args):
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from benchmarks import full_models as fm
-    from pipelines import load_registry
-    from pipelines.engine import EditEngine
-    from pipelines.loader import LoadedEditModel, LoadedRefiner
-
-    registry = load_registry(report.ROOT / "weights.yaml")
-    edit_name, entry = registry.model_for("edit_plus")
-    notes = [
-        RANDOM_NOTE,
-        "tokenizer/processor: the tiny builder's (the real Qwen tokenizer is not available)",
-    ]
-    if args.side:
-        entry = entry.model_copy(update={"vae_condition_pixels": args.side**2})
-        resolutions = registry.resolutions.model_copy(update={"k1": args.side**2})
-        registry = registry.model_copy(update={"models": {**registry.models, edit_name: entry},
-                                               "resolutions": resolutions})  # fmt: skip
-        notes.append(f"--side {args.side}: edit and condition size changed, NOT the issue's 1024x1024 cases")
-    if args.layers:
-        notes.append(f"--layers {args.layers}: models truncated, NOT a benchmark (smoke test only)")
-    t0 = time.perf_counter()
-    tokenizer, processor = fm.build_tokenizer_and_processor()
-    retouch, stock = fm.build_qwen_edit(device, tokenizer, processor, args.layers)
-    wanted = {f"lightning-{CASES[n]['lightning_steps']}" for n in names if CASES[n]["lightning_steps"]}
-    adapters = []
-    for i, lora_name in enumerate(sorted(wanted & set(entry.loras))):
-        state = fm.random_lora_state_dict(retouch.transformer, args.lora_rank, seed=i)
-        retouch.load_lora_weights(state, adapter_name=lora_name)
-        adapters.append(lora_name)
-    if adapters:
-        retouch.disable_lora()
-    notes.append(
-        f"Lightning LoRAs: random, rank {args.lora_rank}, kohya format, every linear of transformer_blocks"
-    )
-    schedulers = {"default": retouch.scheduler} | {
-        n: FlowMatchEulerDiscreteScheduler.from_config(retouch.scheduler.config, **{k: v for k, v in c.items()
-                                                                                   if not k.startswith("_")})
-        for n, c in registry.schedulers.items()
-    }  # fmt: skip
-    refiner = None
-    if any(CASES[n].get("refine_strength") or CASES[n].get("resolution") for n in names):
-        ref_name, ref_entry = registry.model_for("refiner")
-        try:
-            refiner = LoadedRefiner(ref_name, ref_entry, fm.build_z_image(device, tokenizer, args.layers))
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            notes.append("refiner did not fit next to the edit model in bf16: refine cases skipped")
-    engine = EditEngine.__new__(EditEngine)
-    engine.registry = registry
-    engine.edit = LoadedEditModel(edit_name, entry, retouch, schedulers, adapters)
-    engine.refiner = refiner
-    engine.versions = report.versions()
-    mem = fm.parameter_bytes(retouch.transformer, retouch.vae, retouch.text_encoder)
-    if refiner is not None:
-        mem += fm.parameter_bytes(refiner.pipe.transformer, refiner.pipe.vae, refiner.pipe.text_encoder)
-    notes.append(f"built in {time.perf_counter() - t0:.0f} s on {device}, weights {mem / 2**30:.1f} GiB bf16")
-    return engine, notes, stock
 
 
 # -- one case --------------------------------------------------------------------------------------
@@ -138,13 +65,15 @@ def picture(side: int, seed: int) -> bytes:
     return buf.getvalue()
 
 
-def make_spec(name: str, registry):
+def make_spec(name: str, registry, side: int | None = None, settings: dict | None = None):
+    """The case's job; ``side`` fixes the input and output size (default: the registry's 1k area)."""
     from pipelines import EditSpec
 
-    c = dict(CASES[name])
-    side = int(round(registry.resolutions.area("1k") ** 0.5))
+    c = dict(CASES[name] if settings is None else settings)
+    size = {"width": side, "height": side} if side else {}
+    side = side or int(round(registry.resolutions.area("1k") ** 0.5))
     images = [picture(side, seed) for seed in range(c.pop("n_images", 1))]
-    return EditSpec(prompt=PROMPT, images=images, seed=0, **c)
+    return EditSpec(prompt=PROMPT, images=images, seed=0, **size, **c)
 
 
 def run_once(engine, spec, probe: Probe) -> dict:
@@ -176,19 +105,27 @@ def run_once(engine, spec, probe: Probe) -> dict:
             "z_forwards": list(probe.z), "peak_gib": peak, "picture": result.images[0].data}  # fmt: skip
 
 
-def run_case(name, engines: dict, probe: Probe, args, peak_tflops) -> dict:
-    spec = make_spec(name, engines["retouch"].registry)
+def run_case(name, engines: dict, probe: Probe, peak_tflops, *, runs: int, warmup: int,
+             side: int | None = None, settings: dict | None = None, save_pictures: str | None = None,
+             compare_with: str | None = None) -> dict:  # fmt: skip
+    """``runs`` timed runs per path after ``warmup`` untimed ones; ``settings`` replace CASES[name]."""
+    settings = dict(CASES[name] if settings is None else settings)
+    spec = make_spec(name, engines["retouch"].registry, side, settings)
     samples: dict[str, list[dict]] = {path: [] for path in engines}
     for engine in engines.values():
-        for _ in range(args.warmup):
+        for _ in range(warmup):
             run_once(engine, spec, probe)
-    for _ in range(args.runs):  # alternate, so drift (clocks, heat) hits both paths alike
+    for _ in range(runs):  # alternate, so drift (clocks, heat) hits both paths alike
         for path, engine in engines.items():
             samples[path].append(run_once(engine, spec, probe))
-    out = {"settings": {k: v for k, v in CASES[name].items()}, "runs": args.runs, "warmup": args.warmup}
+    out = {"settings": settings, "runs": runs, "warmup": warmup}
+    if probe.device.type == "cuda":  # the weights held while the case ran, all models together
+        out["resident_gib"] = torch.cuda.memory_allocated(probe.device) / 2**30
+    if side:
+        out["side"] = side
     picture = samples["retouch"][0]["picture"]
-    perf_options.save_picture(args.save_pictures, name, picture)
-    out["psnr_vs_exact_db"] = perf_options.compare(args.compare_with, name, picture)
+    perf_options.save_picture(save_pictures, name, picture)
+    out["psnr_vs_exact_db"] = perf_options.compare(compare_with, name, picture)
     for path, runs in samples.items():
         stages = {st: report.summary([r["stages"][st] for r in runs]) for st in STAGES}
         total = runs[0]["qwen_flops"] + runs[0]["z_flops"]
@@ -311,7 +248,10 @@ def main(argv=None) -> int:
             engine, notes = tiny_engine(device, workdir)
             stock_pipe = None
         else:
-            engine, notes, stock_pipe = full_engine(device, args.cases, args)
+            steps = {CASES[n]["lightning_steps"] for n in args.cases if CASES[n]["lightning_steps"]}
+            refiner = any(CASES[n].get("refine_strength") or CASES[n].get("resolution") for n in args.cases)
+            engine, notes, stock_pipe = full_engine(device, steps, refiner, lora_rank=args.lora_rank,
+                                                    layers=args.layers, side=args.side)  # fmt: skip
         notes.append(f"peak bf16 TFLOP/s for the bound: {_f(peak, '.0f')}; FLOPs: transformers only")
         overrides = perf_options.parse(args.perf)
         notes += perf_options.apply(engine, overrides)
@@ -319,20 +259,8 @@ def main(argv=None) -> int:
             args.no_stock = True  # the stock pipeline would share the modified transformer
         data["notes"] = notes
         print("\n".join(report.header_lines("engine_latency", meta, notes)), flush=True)
-        engines = {"retouch": engine}
-        if not args.no_stock:
-            from diffusers import QwenImageEditPlusPipeline
-
-            if stock_pipe is None:
-                stock_pipe = QwenImageEditPlusPipeline(**engine.edit.pipe.components)
-                stock_pipe.set_progress_bar_config(disable=True)
-            stock = copy.copy(engine)
-            stock.edit = dataclasses.replace(engine.edit, pipe=StockEditPipe(stock_pipe))
-            engines["stock"] = stock
-        probe = Probe(device)
-        refiner = engine.refiner.pipe if engine.refiner is not None else None
-        pipes = [engine.edit.pipe] + ([engines["stock"].edit.pipe.stock] if "stock" in engines else [])
-        probe.install(pipes, engine.edit.pipe.vae, engine.edit.pipe.transformer, refiner)
+        engines = {"retouch": engine} if args.no_stock else with_stock(engine, stock_pipe)
+        probe = install_probe(engines, device)
         failed = False
         for name in args.cases:
             needs_refiner = CASES[name].get("refine_strength") or CASES[name].get("resolution")
@@ -341,7 +269,9 @@ def main(argv=None) -> int:
                 continue
             print(f"running {name} ...", flush=True)
             try:
-                data["cases"][name] = run_case(name, engines, probe, args, peak)
+                data["cases"][name] = run_case(name, engines, probe, peak, runs=args.runs, warmup=args.warmup,
+                                               save_pictures=args.save_pictures,
+                                               compare_with=args.compare_with)  # fmt: skip
             except Exception as e:  # keep going unattended; the JSON says what failed
                 failed = True
                 traceback.print_exc()

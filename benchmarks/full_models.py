@@ -14,6 +14,7 @@ picture, which dominate the text sequence, are exact.
 from __future__ import annotations
 
 import math
+import time
 from contextlib import contextmanager
 
 import torch
@@ -38,6 +39,17 @@ def on_device_bf16(device: torch.device):
             yield
     finally:
         torch.set_default_dtype(previous)
+
+
+def _built(record: dict | None, name: str, started: float, module: torch.nn.Module) -> torch.nn.Module:
+    """Note a component's build time (device synchronised) and its bf16 weights in ``record``."""
+    module = _finalise(module)
+    if record is not None:
+        device = next(module.parameters()).device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        record[name] = {"seconds": time.perf_counter() - started, "gib": parameter_bytes(module) / 2**30}
+    return module
 
 
 def _finalise(module: torch.nn.Module) -> torch.nn.Module:
@@ -88,8 +100,11 @@ def _truncate(config: dict, keys: tuple[str, ...], layers: int | None) -> dict:
     return config
 
 
-def build_qwen_edit(device: torch.device, tokenizer, processor, layers: int | None = None):
-    """The Retouch and the stock Qwen-Image-Edit-Plus pipelines, sharing one set of components."""
+def build_qwen_edit(device: torch.device, tokenizer, processor, layers: int | None = None, record=None):
+    """The Retouch and the stock Qwen-Image-Edit-Plus pipelines, sharing one set of components.
+
+    ``record``, a dict, receives each component's build seconds and weight GiB.
+    """
     from diffusers import (
         AutoencoderKLQwenImage,
         FlowMatchEulerDiscreteScheduler,
@@ -114,9 +129,14 @@ def build_qwen_edit(device: torch.device, tokenizer, processor, layers: int | No
     te_config = Qwen2_5_VLConfig(**te)
     _bf16_sdpa(te_config, te_config.text_config, te_config.vision_config)
     with on_device_bf16(device):
-        transformer = _finalise(QwenImageTransformer2DModel(**tcfg))
-        vae = _finalise(AutoencoderKLQwenImage(**load_config("qwen_image_edit_vae.json")))
-        text_encoder = _finalise(Qwen2_5_VLForConditionalGeneration(te_config))
+        t0 = time.perf_counter()
+        transformer = _built(record, "qwen_transformer", t0, QwenImageTransformer2DModel(**tcfg))
+        t0 = time.perf_counter()
+        vae_config = load_config("qwen_image_edit_vae.json")
+        vae = _built(record, "qwen_vae", t0, AutoencoderKLQwenImage(**vae_config))
+        t0 = time.perf_counter()
+        text_encoder = Qwen2_5_VLForConditionalGeneration(te_config)
+        text_encoder = _built(record, "qwen2_5_vl_text_encoder", t0, text_encoder)
     scheduler = FlowMatchEulerDiscreteScheduler(**load_config("qwen_image_edit_scheduler.json"))
     parts = dict(
         scheduler=scheduler,
@@ -133,7 +153,7 @@ def build_qwen_edit(device: torch.device, tokenizer, processor, layers: int | No
     return retouch, stock
 
 
-def build_z_image(device: torch.device, tokenizer, layers: int | None = None):
+def build_z_image(device: torch.device, tokenizer, layers: int | None = None, record=None):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageImg2ImgPipeline
     from diffusers import ZImageTransformer2DModel as ZT
     from transformers import Qwen3Config, Qwen3Model
@@ -144,9 +164,12 @@ def build_z_image(device: torch.device, tokenizer, layers: int | None = None):
     te_config = Qwen3Config(**qcfg)
     _bf16_sdpa(te_config)
     with on_device_bf16(device):
-        transformer = _finalise(ZT(**zcfg))
-        vae = _finalise(AutoencoderKL(**load_config("z_image_turbo_vae.json")))
-        text_encoder = _finalise(Qwen3Model(te_config))
+        t0 = time.perf_counter()
+        transformer = _built(record, "z_image_transformer", t0, ZT(**zcfg))
+        t0 = time.perf_counter()
+        vae = _built(record, "z_image_vae", t0, AutoencoderKL(**load_config("z_image_turbo_vae.json")))
+        t0 = time.perf_counter()
+        text_encoder = _built(record, "qwen3_text_encoder", t0, Qwen3Model(te_config))
     scheduler = FlowMatchEulerDiscreteScheduler(**load_config("z_image_turbo_scheduler.json"))
     pipe = ZImageImg2ImgPipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer

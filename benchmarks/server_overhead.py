@@ -39,16 +39,16 @@ from benchmarks import report  # noqa: E402
 
 API_KEY = "bench-key"
 FULL_FACTORY = "benchmarks.server_overhead:full_size_engine"
+RUNNING: set[Server] = set()  # servers started and not yet stopped, for a caller that must exit at once
 
 
 def full_size_engine(registry):
     """Engine factory for the worker in ``--full`` mode: the full architectures, random bf16 weights."""
     import torch
 
-    from benchmarks.engine_latency import full_engine
+    from benchmarks.engines import full_engine
 
-    args = argparse.Namespace(lora_rank=32, side=None, layers=None)
-    engine, _notes, _stock = full_engine(torch.device("cuda"), ["lightning-8"], args)
+    engine, _notes, _stock = full_engine(torch.device("cuda"), [8], refiner=False)
     return engine
 
 
@@ -78,6 +78,7 @@ class Server:
         self.proc = subprocess.Popen(
             cmd, cwd=report.ROOT, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **env}
         )
+        RUNNING.add(self)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -93,6 +94,7 @@ class Server:
         raise SystemExit(f"server not ready after {timeout:.0f} s; see {self.log.name}")
 
     def stop(self) -> None:
+        RUNNING.discard(self)
         self.proc.terminate()
         try:
             self.proc.wait(30)
@@ -153,6 +155,40 @@ async def status_throughput(base: str, job_id: str, seconds: float, concurrency:
     }
 
 
+def measure_server(weights: Path, env: dict[str, str], workdir: Path, data_url: str, *, runs: int,
+                   warmup: int, poll_s: float, status_seconds: float, status_concurrency: int,
+                   ready_timeout: float, extra: dict | None = None) -> dict:  # fmt: skip
+    """``runs`` jobs through a ``retouch serve`` subprocess after ``warmup`` ones; then, while one long
+    job runs, the status endpoint's requests/s (left out when ``status_seconds`` is 0).
+
+    ``env`` is added to this process's environment; PYTHONPATH keeps what it held (carried wheels).
+    """
+    env = dict(env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(report.ROOT), os.environ.get("PYTHONPATH")) if p)
+    (workdir / "data").mkdir(parents=True, exist_ok=True)
+    server = Server(weights, workdir / "data", env)
+    status = None
+    try:
+        server.wait_ready(timeout=ready_timeout)
+        with httpx.Client(base_url=server.base, headers={"X-API-Key": API_KEY}, timeout=600) as client:
+            for _ in range(warmup):
+                one_job(client, job_body(data_url, **(extra or {})), poll_s)
+            jobs = [one_job(client, job_body(data_url, **(extra or {})), poll_s) for _ in range(runs)]
+            if status_seconds > 0:
+                # A long job to watch: the full model with many steps (true CFG doubles each step).
+                steps = 40 if "RETOUCH_ENGINE_FACTORY" in env else 100
+                long = job_body(data_url, faster_inference=False, num_inference_steps=steps, **(extra or {}))
+                job_id = client.post("/edit/image/v1", json=long).json()["job_id"]
+                while client.get(f"/edit/image/v1/status/{job_id}").json()["status"] == "queued":
+                    time.sleep(0.02)
+                status = asyncio.run(
+                    status_throughput(server.base, job_id, status_seconds, status_concurrency)
+                )
+    finally:
+        server.stop()
+    return {"jobs": jobs, "status": status}
+
+
 def direct_engine_times(weights: Path, image: bytes, runs: int, warmup: int) -> list[float]:
     from pipelines import EditEngine, EditSpec, load_registry
 
@@ -189,6 +225,8 @@ def table(direct: list[float], jobs: list[dict], status: dict) -> str:
     if direct:
         vs_direct = report.percentile(e2e, 50) - report.percentile(direct, 50)
         lines.append(f"{'e2e p50 - direct p50 (s)':44}{vs_direct:>10.4f}")
+    if status is None:
+        return "\n".join(lines)
     lines.append(
         f"status endpoint while a job runs: {status['requests_per_s']:.0f} req/s "
         f"({status['requests']} requests, p50 {status['latency_p50_ms']:.1f} ms, "
@@ -225,7 +263,7 @@ def main(argv=None) -> int:
     notes = [f"one {side}x{side} input, Lightning-8, png; client polls every {args.poll_s * 1000:.0f} ms"]
     with tempfile.TemporaryDirectory(prefix="retouch-overhead-") as tmp:
         tmp = Path(tmp)
-        env = {"RETOUCH_API_KEYS": API_KEY, "PYTHONPATH": str(report.ROOT)}
+        env = {"RETOUCH_API_KEYS": API_KEY}
         if args.full:
             weights = report.ROOT / "weights.yaml"
             env["RETOUCH_ENGINE_FACTORY"] = FULL_FACTORY
@@ -236,25 +274,11 @@ def main(argv=None) -> int:
             weights = build_tiny_weights(tmp / "weights")
             notes.append("tiny random-weight set (`retouch weights tiny`) on the real code path")
         direct = [] if args.no_direct else direct_engine_times(weights, image, args.runs, args.warmup)
-        (tmp / "data").mkdir()
-        server = Server(weights, tmp / "data", env)
-        try:
-            server.wait_ready(timeout=1800 if args.full else 300)
-            with httpx.Client(base_url=server.base, headers={"X-API-Key": API_KEY}, timeout=600) as client:
-                for _ in range(args.warmup):
-                    one_job(client, job_body(data_url), args.poll_s)
-                jobs = [one_job(client, job_body(data_url), args.poll_s) for _ in range(args.runs)]
-                # A long job to watch: the full model with many steps (true CFG doubles each step).
-                steps = 40 if args.full else 100
-                long = job_body(data_url, faster_inference=False, num_inference_steps=steps)
-                job_id = client.post("/edit/image/v1", json=long).json()["job_id"]
-                while client.get(f"/edit/image/v1/status/{job_id}").json()["status"] == "queued":
-                    time.sleep(0.02)
-                status = asyncio.run(
-                    status_throughput(server.base, job_id, args.status_seconds, args.status_concurrency)
-                )
-        finally:
-            server.stop()
+        measured = measure_server(weights, env, tmp, data_url, runs=args.runs, warmup=args.warmup,
+                                  poll_s=args.poll_s, status_seconds=args.status_seconds,
+                                  status_concurrency=args.status_concurrency,
+                                  ready_timeout=1800 if args.full else 300)  # fmt: skip
+        jobs, status = measured["jobs"], measured["status"]
     device = torch.device("cuda" if args.full else "cpu")
     meta = report.run_meta(device)
     text = table(direct, jobs, status)

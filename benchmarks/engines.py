@@ -1,0 +1,146 @@
+"""The engines the benchmarks time, and the stock diffusers pipeline put behind the same engine.
+
+- ``tiny_engine``: the tiny random-weight set through ``EditEngine``, the production code path;
+- ``full_engine``: the full-size architectures from ``configs/`` with random bf16 weights built on
+  the device (``full_models.py``), assembled into an ``EditEngine`` without weight files;
+- ``with_stock``: the same engine with stock ``QwenImageEditPlusPipeline.__call__`` as its edit pipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import yaml
+
+from benchmarks import report
+from benchmarks.instrument import Probe, StockEditPipe
+
+DEFAULT_LORA_RANK = 32  # the published Lightning LoRAs' rank is not stated here; 32 is assumed
+RANDOM_NOTE = "random weights: timings reflect the architectures' compute, not image quality"
+
+
+def pin_tiny_sizes(weights_yaml: Path, side: int) -> None:
+    """Write the edit and condition sizes into a tiny set's weights.yaml, so that a benchmark on the
+    tiny set runs at sizes it chose, whatever limits the tiny builder declares."""
+    data = yaml.safe_load(weights_yaml.read_text())
+    for model in data["models"].values():
+        if model.get("pipeline") == "qwen_image_edit_plus":
+            model["vae_condition_pixels"] = side * side
+            model["vl_condition_pixels"] = min(model.get("vl_condition_pixels", side * side), side * side)
+    data.setdefault("resolutions", {})["1k"] = side * side
+    limits = data.setdefault("limits", {})
+    limits["max_output_side"] = max(limits.get("max_output_side", side), side)
+    weights_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def tiny_engine(device: torch.device, workdir: str, side: int | None = None):
+    from pipelines import EditEngine, build_tiny_weights, load_registry
+
+    weights = Path(build_tiny_weights(workdir))
+    notes = ["tiny random-weight models on the real code path (EditEngine)"]
+    if side:
+        pin_tiny_sizes(weights, side)
+        notes.append(f"tiny set pinned to {side}x{side} edits and condition pictures")
+    return EditEngine(load_registry(weights), str(device)), notes
+
+
+def full_engine(device: torch.device, lightning_steps: Iterable[int], refiner: bool, *,
+                lora_rank: int = DEFAULT_LORA_RANK, layers: int | None = None, side: int | None = None,
+                record: dict | None = None):  # fmt: skip
+    """Full-size engine (random bf16 weights) with the Lightning LoRAs of ``lightning_steps``.
+
+    Returns (engine, notes, stock pipeline sharing its components). ``record``, a dict, receives
+    each component's build seconds and weight GiB (and the LoRAs' and tokenizer's seconds).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from benchmarks import full_models as fm
+    from pipelines import load_registry
+    from pipelines.engine import EditEngine
+    from pipelines.loader import LoadedEditModel, LoadedRefiner
+
+    record = {} if record is None else record
+    registry = load_registry(report.ROOT / "weights.yaml")
+    edit_name, entry = registry.model_for("edit_plus")
+    notes = [
+        RANDOM_NOTE,
+        "tokenizer/processor: the tiny builder's (the real Qwen tokenizer is not available)",
+    ]
+    if side:
+        entry = entry.model_copy(update={"vae_condition_pixels": side**2})
+        resolutions = registry.resolutions.model_copy(update={"k1": side**2})
+        registry = registry.model_copy(update={"models": {**registry.models, edit_name: entry},
+                                               "resolutions": resolutions})  # fmt: skip
+        if side != 1024:
+            notes.append(f"side {side}: edit and condition size changed, NOT the issue's 1024x1024 cases")
+    if layers:
+        notes.append(f"--layers {layers}: models truncated, NOT a benchmark (smoke test only)")
+    t0 = time.perf_counter()
+    tokenizer, processor = fm.build_tokenizer_and_processor()
+    record["tokenizer_and_processor"] = {"seconds": time.perf_counter() - t0, "gib": 0.0}
+    retouch, stock = fm.build_qwen_edit(device, tokenizer, processor, layers, record=record)
+    wanted = {f"lightning-{steps}" for steps in lightning_steps}
+    adapters = []
+    t1 = time.perf_counter()
+    for i, lora_name in enumerate(sorted(wanted & set(entry.loras))):
+        state = fm.random_lora_state_dict(retouch.transformer, lora_rank, seed=i)
+        retouch.load_lora_weights(state, adapter_name=lora_name)
+        adapters.append(lora_name)
+    if adapters:
+        retouch.disable_lora()
+        record["lightning_loras"] = {"seconds": time.perf_counter() - t1, "gib": None, "names": adapters}
+    notes.append(
+        f"Lightning LoRAs: random, rank {lora_rank}, kohya format, every linear of transformer_blocks"
+    )
+    schedulers = {"default": retouch.scheduler} | {
+        n: FlowMatchEulerDiscreteScheduler.from_config(retouch.scheduler.config, **{k: v for k, v in c.items()
+                                                                                   if not k.startswith("_")})
+        for n, c in registry.schedulers.items()
+    }  # fmt: skip
+    loaded_refiner = None
+    if refiner:
+        ref_name, ref_entry = registry.model_for("refiner")
+        try:
+            pipe = fm.build_z_image(device, tokenizer, layers, record=record)
+            loaded_refiner = LoadedRefiner(ref_name, ref_entry, pipe)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            notes.append("refiner did not fit next to the edit model in bf16: refine cases skipped")
+    engine = EditEngine.__new__(EditEngine)
+    engine.registry = registry
+    engine.edit = LoadedEditModel(edit_name, entry, retouch, schedulers, adapters)
+    engine.refiner = loaded_refiner
+    engine.versions = report.versions()
+    mem = fm.parameter_bytes(retouch.transformer, retouch.vae, retouch.text_encoder)
+    if loaded_refiner is not None:
+        p = loaded_refiner.pipe
+        mem += fm.parameter_bytes(p.transformer, p.vae, p.text_encoder)
+    notes.append(f"built in {time.perf_counter() - t0:.0f} s on {device}, weights {mem / 2**30:.1f} GiB bf16")
+    return engine, notes, stock
+
+
+def with_stock(engine, stock_pipe=None) -> dict:
+    """{"retouch": engine, "stock": the same engine with the stock pipeline as its edit pipe}."""
+    from diffusers import QwenImageEditPlusPipeline
+
+    if stock_pipe is None:
+        stock_pipe = QwenImageEditPlusPipeline(**engine.edit.pipe.components)
+        stock_pipe.set_progress_bar_config(disable=True)
+    stock = copy.copy(engine)
+    stock.edit = dataclasses.replace(engine.edit, pipe=StockEditPipe(stock_pipe))
+    return {"retouch": engine, "stock": stock}
+
+
+def install_probe(engines: dict, device: torch.device) -> Probe:
+    """Stage timers on every path's pipes and token counters on the shared transformers."""
+    engine = engines["retouch"]
+    probe = Probe(device)
+    refiner = engine.refiner.pipe if engine.refiner is not None else None
+    pipes = [engine.edit.pipe] + ([engines["stock"].edit.pipe.stock] if "stock" in engines else [])
+    probe.install(pipes, engine.edit.pipe.vae, engine.edit.pipe.transformer, refiner)
+    return probe
