@@ -1,0 +1,66 @@
+"""What the GPU check's cases share: the ``Context`` (device, budget, engines) and the ``Case``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from benchmarks import engine_latency
+from benchmarks.gpu_estimates import Estimator
+
+
+@dataclass
+class Context:
+    device: torch.device
+    tiny: bool
+    side: int
+    workdir: Path
+    peak_tflops: float | None
+    estimator: Estimator
+    deadline: float
+    engines: dict | None = None
+    probe: object = None
+    notes: list[str] = field(default_factory=list)
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def runs(self, n: int) -> int:
+        """Timed runs: the case's own number on a GPU, one on the tiny set (a dry run of the code)."""
+        return 1 if self.tiny else n
+
+    def warmups(self, n: int) -> int:
+        return 0 if self.tiny else n
+
+    @property
+    def engine(self):
+        return self.engines["retouch"]
+
+    @property
+    def pictures(self) -> str:
+        return str(self.workdir / "exact-pictures")
+
+
+@dataclass
+class Case:
+    name: str
+    what: str
+    estimate: Callable[[Context], float]
+    run: Callable[[Context], dict]
+    needs_engine: bool = True
+
+
+def run_engine_case(ctx: Context, name: str, engines: dict | None = None, *, runs: int, warmup: int,
+                    learn: bool = True, **kwargs) -> dict:  # fmt: skip
+    """``engine_latency.run_case`` at the check's size and run counts; unless the runs compiled
+    something (``learn=False``), later estimates use the rate and overhead it measured."""
+    engines = engines or ctx.engines
+    result = engine_latency.run_case(name, engines, ctx.probe, ctx.peak_tflops, side=ctx.side,
+                                     runs=ctx.runs(runs), warmup=ctx.warmups(warmup), **kwargs)  # fmt: skip
+    if learn:
+        ctx.estimator.learn_case(result)
+    return result
