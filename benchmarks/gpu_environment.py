@@ -24,20 +24,33 @@ def nvidia_smi() -> str | None:
 
 
 def unmet_requirements() -> list[str]:
-    """pyproject.toml's requirements this interpreter does not meet (the GPU image's own packages)."""
+    """pyproject.toml's requirements, and theirs in turn, that this interpreter does not meet: on the
+    GPU machine, where the image's own packages stand in for the ones not carried as wheels."""
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
     project = tomllib.loads((report.ROOT / "pyproject.toml").read_text())["project"]
-    unmet = []
-    for line in project["dependencies"] + project.get("optional-dependencies", {}).get("fp8", []):
-        req = Requirement(line)
+    queue = [
+        Requirement(r)
+        for r in project["dependencies"] + project.get("optional-dependencies", {}).get("fp8", [])
+    ]
+    seen, unmet = set(), []
+    while queue:
+        req = queue.pop(0)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        key = (canonicalize_name(req.name), str(req.specifier))
+        if key in seen:
+            continue
+        seen.add(key)
         try:
-            version = metadata.version(req.name)
+            dist = metadata.distribution(req.name)
         except metadata.PackageNotFoundError:
             unmet.append(f"{req}: not installed")
             continue
-        if not req.specifier.contains(version, prereleases=True):
-            unmet.append(f"{req}: {version} installed")
+        if not req.specifier.contains(dist.version, prereleases=True):
+            unmet.append(f"{req}: {dist.version} installed")
+        queue += [Requirement(r) for r in dist.requires or []]
     return unmet
 
 
