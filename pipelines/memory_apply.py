@@ -28,26 +28,40 @@ from .registry import Registry
 log = logging.getLogger("retouch.engine")
 # CPU runs plan a named plan without a budget: every mechanism is applied, nothing is refused.
 UNBOUNDED_GIB = 1 << 20
+FALLBACK_SIDES = (1536, 1024, 768, 512, 256)
 
 
 def choose_plan(registry: Registry, device: torch.device) -> MemoryPlan | None:
     """The plan this worker runs; None keeps every model resident (``auto`` on a CPU)."""
     settings = registry.memory
+    plan = None if settings.plan == "auto" else settings.plan
     if device.type != "cuda":
-        if settings.plan == "auto" and not settings.overrides:
+        if plan is None and not settings.overrides and settings.gpu_memory_gib is None:
             return None
-        plan = None if settings.plan == "auto" else settings.plan
-        return plan_memory(registry, UNBOUNDED_GIB, host_memory_gib=UNBOUNDED_GIB, plan=plan)
+        # gpu_memory_gib on a CPU emulates a card of that size (plan, limits); nothing else is bounded
+        gib = settings.gpu_memory_gib or UNBOUNDED_GIB
+        return _largest_fitting(registry, gib, plan=plan, host_memory_gib=UNBOUNDED_GIB)
     free, total = torch.cuda.mem_get_info(device)
     # Whatever else already holds memory on this card is not ours to plan with.
     gib = settings.gpu_memory_gib or free / GIB
     profile = typical_device(total / GIB)
-    try:
-        plan = plan_memory(registry, gib, device=profile)
-    except NoPlanFits as e:
-        raise RegistryError(f"{registry.source}: memory: {e}") from None
-    log.info("memory plan %s for %.1f GiB: %s", plan.name, gib, plan.summary())
-    return plan
+    chosen = _largest_fitting(registry, gib, plan=plan, device=profile)
+    log.info("memory plan %s for %.1f GiB: %s", chosen.name, gib, chosen.summary())
+    return chosen
+
+
+def _largest_fitting(registry: Registry, gib: float, **kwargs) -> MemoryPlan:
+    """The plan for the limits' largest output, or for the largest smaller side that fits: a worker
+    serves what its card can, and the API refuses larger jobs up front (pipelines/memory_limits.py)."""
+    top = registry.limits.max_output_side
+    sides = [top, *(side for side in FALLBACK_SIDES if side < top)]
+    first = None
+    for side in sides:
+        try:
+            return plan_memory(registry, gib, max_side=side, **kwargs)
+        except NoPlanFits as e:
+            first = first or e
+    raise RegistryError(f"{registry.source}: memory: {first}") from None
 
 
 # One plan per registry object, so the refiner is placed by the plan the edit model was (the free

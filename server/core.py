@@ -19,10 +19,11 @@ from pydantic import ValidationError
 from pipelines.cost_model import job_work
 from pipelines.errors import EngineError
 from pipelines.images import decode_image, decode_mask
+from pipelines.memory_limits import check_planned_side
 from pipelines.registry import Registry
 from pipelines.validation import check_spec
 
-from . import signing
+from . import memory_report, signing
 from .accounting import Accounting
 from .auth import KeyRing, KeysFile, parse_env_keys
 from .errors import ServiceError
@@ -215,6 +216,9 @@ class Core:
         try:
             spec = job.to_spec(self.files.root, image_bytes=pictures, preloaded=preloaded)
             warnings = check_spec(spec, self.registry)
+            planned_side = memory_report.largest_side(self.settings)
+            if planned_side is not None:
+                check_planned_side(spec, self.registry, sizes[0], planned_side)
             work = job_work(spec, self.registry, sizes, side_sizes)
         except EngineError as exc:
             raise ServiceError.from_engine(exc) from None

@@ -19,6 +19,7 @@ import threading
 
 from fastapi import APIRouter, Header
 
+from . import memory_report
 from .errors import ServiceError
 from .settings import Settings
 
@@ -104,6 +105,8 @@ class PodAgent:
             "loras": loras,
             "workers": len(self.supervisor.slots),
             "workers_alive": self.supervisor.beating(),
+            # each worker's memory plan (docs/memory.md), once its engine has loaded
+            "memory_plans": memory_report.read_all(self.settings) if self.settings.role != "api" else [],
         }
 
     def start(self) -> None:

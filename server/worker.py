@@ -14,7 +14,7 @@ import time
 
 from pipelines.errors import EngineError, GPUOutOfMemoryError, JobCancelledError
 
-from . import metrics
+from . import memory_report, metrics
 from .accounting import charge_usd
 from .files import FileStore
 from .jobs import JobRecord, Progress, ResultFile
@@ -95,6 +95,9 @@ class EditWorker:
 
         self.registry = load_registry(self.settings.weights)
         self.engine = load_factory(self.settings.engine_factory)(self.registry)
+        plan = getattr(getattr(self.engine, "edit", None), "memory_plan", None)
+        if plan is not None:
+            memory_report.publish(self.settings, self.worker_id, plan.summary())
 
     def run(self, record: JobRecord) -> None:
         job_id = record.id

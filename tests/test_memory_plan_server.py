@@ -1,0 +1,56 @@
+"""A worker plans for its device at start and the server says so: the plan on /v1/servers and in
+/metrics, and a job larger than the plan fits refused at submission (naming the largest side)
+instead of running out of memory after the queue. The tiny set on the CPU, with ``gpu_memory_gib``
+emulating a small card."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from tests.server_harness import AsgiServer, make_settings, png_bytes
+
+# 2 GiB is a card the tiny set fits at 672px (the text encoder's 1 GiB and the context come first).
+MEMORY = "memory:\n  plan: resident\n  gpu_memory_gib: 2\n"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_weights, tmp_path_factory):
+    weights = tiny_weights.parent / "weights-2gib.yaml"
+    weights.write_text(tiny_weights.read_text() + "\n" + MEMORY)
+    settings = make_settings(
+        tmp_path_factory.mktemp("memory-server"), weights=str(weights), engine_factory="pipelines:EditEngine"
+    )
+    srv = AsgiServer(settings)
+    srv.wait_ready(timeout=180)
+    yield srv
+    srv.close()
+
+
+def edit(server, **body):
+    picture = "data:image/png;base64," + base64.b64encode(png_bytes(96, 64)).decode()
+    return server.post("/edit/image/v1", json={"prompt": "make it warmer", "input_image": picture, **body})
+
+
+def test_the_workers_plan_is_on_v1_servers_and_in_metrics(server):
+    pods = server.get("/v1/servers").json()["servers"]
+    plans = pods[0]["memory_plans"]
+    assert [p["plan"] for p in plans] == ["resident"]
+    assert plans[0]["gpu_memory_gib"] == 2 and plans[0]["largest_side"] == 672
+    assert plans[0]["placements"]["qwen-image-edit-tiny.transformer"] == "gpu"
+    scrape = server.get("/metrics").text
+    assert 'retouch_memory_plan_info{plan="resident",worker=' in scrape
+    assert "retouch_memory_plan_largest_side_pixels{" in scrape and "} 672.0" in scrape
+
+
+def test_a_job_larger_than_the_plan_fits_is_refused_at_submission(server):
+    refused = edit(server, width=1024, height=1024)
+    # the status this contract gives every invalid parameter (OpenAI/IG1 answers those with 400)
+    assert refused.status_code == 422, refused.text
+    body = refused.json()
+    assert body["error_code"] == "INVALID_PARAMETERS"
+    assert "fits outputs up to 672px" in body["message"] and "1024x1024" in body["message"]
+    accepted = edit(server, width=512, height=512, seed=1)
+    assert accepted.status_code == 200, accepted.text
+    assert server.wait_status(accepted.json()["job_id"], timeout=120)["status"] == "completed"
