@@ -2,8 +2,9 @@
 
 Every completed job leaves a sample (its units of work, its inference seconds) in the store. The
 rates, seconds per unit of each kind of work, are the non-negative least-squares fit of the last
-``CALIBRATION_SAMPLES`` samples, weighted so the fit minimises the *relative* error: a 4-step
-thumbnail and a 50-step 4k job count alike, as an ETA's error is felt relative to the wait. The fit
+``CALIBRATION_SAMPLES`` samples, weighted so the fit minimises the *relative* error (a 4-step
+thumbnail and a 50-step 4k job count alike, as an ETA's error is felt relative to the wait) and
+favours the newest samples (``RECENCY_HALF_LIFE``). The fit
 is exact NNLS, found by enumerating the feature subsets (five features: 31 small least squares).
 Before any job with units of work has completed, every job is estimated at the mean of the samples,
 or at ``default_job_seconds`` when there are none.
@@ -19,6 +20,8 @@ import numpy as np
 from pipelines.cost_model import WORK_FEATURES
 
 CALIBRATION_SAMPLES = 50
+# A sample this many samples older than the newest counts half as much in the fit.
+RECENCY_HALF_LIFE = 10
 # An estimate is never below this: a status never promises a job in no time.
 MIN_SECONDS = 1.0
 # Queued jobs ahead counted one by one; further ones are priced at the mean (bounded status reads).
@@ -46,6 +49,10 @@ def _fit(samples: list[Sample]) -> dict[str, float] | None:
     x = np.array([[w.get(f, 0.0) for f in WORK_FEATURES] for w, _ in samples], dtype=float)
     y = np.array([s for _, s in samples], dtype=float)
     x, y = x / y[:, None], np.ones_like(y)  # relative error: each row divided by its own seconds
+    # Newer samples weigh more (samples come newest first): the rates follow a GPU that warms up,
+    # throttles or gets a neighbour, instead of averaging over the last hour.
+    weight = np.sqrt(0.5 ** (np.arange(len(y)) / RECENCY_HALF_LIFE))
+    x, y = x * weight[:, None], y * weight
     present = [i for i in range(len(WORK_FEATURES)) if np.any(x[:, i] > 0)]
     best: tuple[float, int, dict[str, float]] | None = None
     for size in range(1, len(present) + 1):
