@@ -283,3 +283,38 @@ def test_budget_a_replay_is_answered_while_its_own_reservation_holds_the_budget(
         resp = replay[1]["resp"]
         assert resp.status_code == 409 and "cancelled" in resp.text, resp.text  # the job, cancelled
     assert core.balance(owner) == pytest.approx(1.0, abs=1e-9)  # a cancelled job costs nothing
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_budget_concurrent_http_submissions_from_one_key(request, tmp_path, backend):
+    # 12 clients of one 10 USD key submit at once; each job reserves 3 USD (30 s at 360 USD/h).
+    extra = {}
+    if backend == "redis":
+        prefix = unique_prefix()
+        url = request.getfixturevalue("redis_url")
+        request.addfinalizer(lambda: delete_prefix(url, prefix))
+        extra = {"redis_url": url, "redis_prefix": prefix}
+    settings = make_settings(
+        tmp_path, workers=0, api_keys="k", key_budgets_usd={"k": 10.0}, price_per_gpu_hour_usd=360.0,
+        default_job_seconds=30.0, **extra,
+    )  # fmt: skip
+    srv = AsgiServer(settings)
+    try:
+        body = {"prompt": "x", "input_image": data_url(png_bytes())}
+        barrier = threading.Barrier(12)
+        codes: list[int] = []
+
+        def submit() -> None:
+            barrier.wait()
+            codes.append(srv.post("/edit/image/v1", json=body, headers=AUTH_K).status_code)
+
+        threads = [threading.Thread(target=submit) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(codes) == [200] * 3 + [402] * 9
+        core = srv.app.state.core
+        assert core.balance(core.authenticate("k")) == pytest.approx(1.0, abs=1e-9)
+    finally:
+        srv.close()
