@@ -25,4 +25,11 @@ def mount(app: FastAPI) -> None:
             STATIC_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"}
         )
 
+    # Browsers and tools ask for /favicon.ico whatever the page links; a 404 there is noise in logs.
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        return FileResponse(
+            STATIC_DIR / "favicon.ico", media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"}
+        )
+
     app.mount(ASSETS_PATH, StaticFiles(directory=STATIC_DIR), name="playground")

@@ -21,8 +21,25 @@ function apiKey() {
   return localStorage.getItem(KEY_STORAGE) || "";
 }
 
-function showKeyState() {
-  $("key-state").textContent = apiKey() ? "key saved in this browser" : "no key saved";
+function showKeyState(text, bad = false) {
+  const box = $("key-state");
+  box.textContent = text;
+  box.classList.toggle("bad", bad);
+}
+
+// One cheap authenticated call (the key's profile list), so a wrong key is said at once, not at Edit.
+async function checkKey() {
+  const key = apiKey();
+  if (!key) return showKeyState("no key saved");
+  showKeyState("key saved; checking it with the server...");
+  try {
+    await api("GET", "/profiles/v1");
+    if (key === apiKey()) showKeyState("key saved and accepted by the server");
+  } catch (err) {
+    if (key !== apiKey()) return;
+    if (err.status === 401 || err.status === 403) showKeyState(`the server refused this key: ${err.message}`, true);
+    else showKeyState(`key saved, but it could not be checked: ${err.message}`, true);
+  }
 }
 
 $("key-form").addEventListener("submit", (event) => {
@@ -30,7 +47,7 @@ $("key-form").addEventListener("submit", (event) => {
   const value = $("api-key").value.trim();
   if (value) localStorage.setItem(KEY_STORAGE, value);
   else localStorage.removeItem(KEY_STORAGE);
-  showKeyState();
+  checkKey();
 });
 
 // -- HTTP ----------------------------------------------------------------------------------
@@ -140,14 +157,14 @@ for (const radio of document.querySelectorAll('input[name="speed"]')) {
   radio.addEventListener("change", () => ($("steps").disabled = speed() === "fast"));
 }
 $("refine").addEventListener("input", () => ($("refine-value").value = Number($("refine").value).toFixed(2)));
-$("seed-random").addEventListener("click", () => ($("seed").value = -1));
+$("seed-random").addEventListener("click", () => ($("seed").value = ""));
 
 function editRequest(imageUrls, maskUrl) {
   const body = {
     prompt: $("prompt").value.trim(),
     input_image: imageUrls.length === 1 ? imageUrls[0] : imageUrls,
     faster_inference: speed() === "fast",
-    seed: Number($("seed").value),
+    seed: $("seed").value === "" ? -1 : Number($("seed").value), // -1: the server picks one
     refine_strength: Number($("refine").value),
     output_format: $("format").value,
   };
@@ -191,6 +208,7 @@ function startJob(answer) {
   state.jobId = answer.job_id;
   state.stagesSeen = new Set(Number($("refine").value) > 0 ? ["refine"] : []);
   $("job").hidden = false;
+  $("job-note").hidden = true;
   $("job-id").textContent = answer.job_id;
   renderStatus({ status: "queued", progress: 0, estimated_time_seconds: answer.estimated_time_seconds });
   poll();
@@ -212,7 +230,12 @@ async function poll() {
   if (status.status === "completed") {
     setBusy(false);
     showResult(status);
-  } else if (status.status === "failed" || status.status === "cancelled") {
+  } else if (status.status === "cancelled") {
+    // A job is cancelled only through its own key: the user's choice, shown as a state, not an error.
+    setBusy(false);
+    $("job-note").textContent = "Cancelled: the job was stopped and left no result.";
+    $("job-note").hidden = false;
+  } else if (status.status === "failed") {
     setBusy(false);
     const code = status.failure_reason_code ? ` (${status.failure_reason_code})` : "";
     showError(`${status.error || `the job ${status.status}`}${code}`);
@@ -313,4 +336,4 @@ $("cancel").addEventListener("click", async () => {
 
 // -- start -----------------------------------------------------------------------------------
 $("api-key").value = apiKey();
-showKeyState();
+checkKey();
