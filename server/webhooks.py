@@ -23,9 +23,14 @@ from . import metrics
 from .errors import ServiceError
 from .fetch import FetchPolicy, safe_post
 from .jobs import JobRecord, WebhookState
+from .storage import is_disk_full
 from .store import JobStore, WebhookDelivery
 
 log = logging.getLogger("retouch.webhooks")
+
+# A delivery whose outcome could not be stored (the database's disk is full) stays due; sending it
+# again at once would only repeat it to its receiver every 0.2 s, so the outbox pauses this long.
+STORE_FULL_PAUSE_S = 10.0
 
 
 def delivery_id(job_id: str, status: str) -> str:
@@ -68,6 +73,7 @@ class WebhookSender:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="webhooks")
+        self._paused_until = 0.0  # monotonic; see STORE_FULL_PAUSE_S
 
     def start(self) -> None:
         self._thread.start()
@@ -79,6 +85,8 @@ class WebhookSender:
 
     def _loop(self) -> None:
         while not self._stop.wait(0.2):
+            if time.monotonic() < self._paused_until:
+                continue
             try:
                 for delivery in self.store.due_deliveries(limit=20):
                     with self._lock:
@@ -92,6 +100,12 @@ class WebhookSender:
     def _deliver_and_release(self, delivery: WebhookDelivery) -> None:
         try:
             self.deliver(delivery)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            if time.monotonic() >= self._paused_until:  # one line per pause
+                log.warning("webhook outbox paused for %g s: the store's disk is full", STORE_FULL_PAUSE_S)
+            self._paused_until = time.monotonic() + STORE_FULL_PAUSE_S
         finally:
             with self._lock:
                 self._in_flight.discard(delivery.id)

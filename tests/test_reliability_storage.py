@@ -9,7 +9,6 @@ fill the disk while a job is surely running and before its result is written.
 from __future__ import annotations
 
 import errno
-import logging
 import shutil
 import sqlite3
 import time
@@ -256,42 +255,6 @@ def test_full_database_disk_is_waited_out_without_a_crash(
             "part_files_left": 0,
         },
     )
-
-
-def test_supervisor_backs_off_a_failing_tick_and_logs_once_per_pause(tmp_path, caplog):
-    """A tick that keeps failing (the store's disk is full) is retried ever later, one line each."""
-    from server.supervisor import Supervisor
-    from tests.server_harness import make_settings
-
-    class FullStore:
-        failing = True
-        calls = 0
-
-        def overdue(self, timeout_s):
-            return []
-
-        def requeue_expired(self, max_attempts):
-            FullStore.calls += 1
-            if FullStore.failing:
-                raise sqlite3.OperationalError("database or disk is full")
-            return []
-
-    settings = make_settings(tmp_path, role="api", workers=0)
-    supervisor = Supervisor(settings, FullStore(), files=None, job_timeout_s=5)
-    supervisor._next_cleanup = float("inf")
-    caplog.set_level(logging.INFO, logger="retouch.supervisor")
-    supervisor.start()
-    try:
-        time.sleep(4.2)
-        failures = [r for r in caplog.records if "tick failed" in r.getMessage()]
-        tries_while_failing = FullStore.calls
-        FullStore.failing = False
-        wait_for("a working tick", lambda: any("works again" in r.getMessage() for r in caplog.records))
-    finally:
-        supervisor.stop()
-    # Every 0.5 s that would be 8 tries and 8 tracebacks; with pauses of 1, 2, 4 s it is at most 3.
-    assert 1 <= len(failures) == tries_while_failing <= 3
-    assert failures[0].exc_info and not any(r.exc_info for r in failures[1:])  # one traceback
 
 
 def test_disk_full_errors_are_recognised_and_the_floor_names_no_path(tmp_path):

@@ -1,0 +1,98 @@
+"""The server's own loops when the store's disk is full: they pause and say so once per pause,
+instead of failing (and logging, and re-sending webhooks) every fraction of a second."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from types import SimpleNamespace
+
+from server.store import WebhookDelivery
+from tests.server_harness import WebhookReceiver, make_settings
+
+FULL = "database or disk is full"
+
+
+def _wait(what, predicate, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_supervisor_backs_off_a_failing_tick_and_logs_once_per_pause(tmp_path, caplog):
+    """A tick that keeps failing is retried ever later, with one line (one traceback) in all."""
+    from server.supervisor import Supervisor
+
+    class FullStore:
+        failing = True
+        calls = 0
+
+        def overdue(self, timeout_s):
+            return []
+
+        def requeue_expired(self, max_attempts):
+            FullStore.calls += 1
+            if FullStore.failing:
+                raise sqlite3.OperationalError(FULL)
+            return []
+
+    settings = make_settings(tmp_path, role="api", workers=0)
+    supervisor = Supervisor(settings, FullStore(), files=None, job_timeout_s=5)
+    supervisor._next_cleanup = float("inf")
+    caplog.set_level(logging.INFO, logger="retouch.supervisor")
+    supervisor.start()
+    try:
+        time.sleep(4.2)
+        failures = [r for r in caplog.records if "tick failed" in r.getMessage()]
+        tries_while_failing = FullStore.calls
+        FullStore.failing = False
+        _wait("a working tick", lambda: any("works again" in r.getMessage() for r in caplog.records))
+    finally:
+        supervisor.stop()
+    # Every 0.5 s that would be 8 tries and 8 tracebacks; with pauses of 1, 2, 4 s it is at most 3.
+    assert 1 <= len(failures) == tries_while_failing <= 3
+    assert failures[0].exc_info and not any(r.exc_info for r in failures[1:])  # one traceback
+
+
+def test_webhook_whose_outcome_cannot_be_stored_is_not_resent_every_poll(tmp_path, caplog):
+    """The receiver accepted the webhook but the outbox could not record it (full disk): the row
+    stays due, and without a pause it would be posted again every 0.2 s until space is freed."""
+    from server.webhooks import WebhookSender
+
+    receiver = WebhookReceiver()
+    delivery = WebhookDelivery(
+        id="msg_job_1_completed",
+        job_id="job_1",
+        event="job.completed",
+        url=receiver.url,
+        contract="imagepipeline",
+        attempts=0,
+        state="pending",
+        next_attempt_at=0.0,
+    )
+
+    class FullOutbox:
+        def due_deliveries(self, limit):
+            return [delivery]
+
+        def get_job(self, job_id):
+            return SimpleNamespace(id=job_id)
+
+        def delivery_done(self, delivery_id):
+            raise sqlite3.OperationalError(FULL)
+
+    settings = make_settings(tmp_path)
+    settings.ensure_secrets()
+    sender = WebhookSender(FullOutbox(), settings, lambda contract, record: {"id": record.id})
+    caplog.set_level(logging.WARNING, logger="retouch.webhooks")
+    sender.start()
+    try:
+        _wait("the first post", lambda: receiver.calls >= 1)
+        time.sleep(2.0)  # ten polls of the outbox
+    finally:
+        sender.stop()
+        receiver.close()
+    assert receiver.calls == 1
+    assert sum("outbox paused" in r.getMessage() for r in caplog.records) == 1
