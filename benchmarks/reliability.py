@@ -256,7 +256,8 @@ HOW = """\
   ENOSPC met anyway removes the half-written `.part` file and sends the job back to the queue
   (failed as retryable `STORAGE_FULL` after `RETOUCH_MAX_ATTEMPTS`); the worker then pauses its
   claims with a doubling backoff. A failing supervisor tick backs off too (1 s doubling to 15 s,
-  one line per pause).
+  one line per pause), and the webhook outbox pauses 10 s when it cannot store an outcome rather
+  than posting the same webhook again every 0.2 s.
 - **Webhooks** (`server/webhooks.py`): Standard Webhooks signatures, a stable `webhook-id` per job
   and event, full-jitter exponential backoff (`Retry-After` of a 429 honoured), 410 stops, a
   blocked address stops, sent through the same SSRF-safe client.
