@@ -205,7 +205,12 @@ def test_status_shows_webhook_delivery(tmp_path):
     assert "webhook" not in plain_status
     record(
         "webhook_status",
-        {"states_shown": "pending,delivered,failed", "contracts": "fashn,imagepipeline"},
+        {
+            "contracts": "fashn,imagepipeline",
+            "delivered_shown_after_attempts": delivered["attempts"],
+            "failed_shown_after_attempts": failed["attempts"],
+            "webhook_bodies_carrying_the_field": sum("webhook" in p for p in payloads),
+        },
     )
 
 

@@ -74,14 +74,14 @@ def server(tmp_path_factory):
 
 def test_malformed_bodies_get_a_4xx_in_each_contracts_shape(server):
     wrong: list[str] = []
-    statuses: set[int] = set()
+    statuses: list[int] = []
     for contract, path in ENDPOINTS:
         for name, (body, content_type) in CORPUS.items():
             headers = {"X-API-Key": "test-key", "Authorization": "Bearer test-key"}
             if content_type is not None:
                 headers["Content-Type"] = content_type
             r = server.post(path, content=body, headers=headers)
-            statuses.add(r.status_code)
+            statuses.append(r.status_code)
             try:
                 parsed = r.json()
             except ValueError:
@@ -97,8 +97,8 @@ def test_malformed_bodies_get_a_4xx_in_each_contracts_shape(server):
             "bodies": len(CORPUS),
             "endpoints": len(ENDPOINTS),
             "requests": len(CORPUS) * len(ENDPOINTS),
-            "http_5xx": 0,
-            "statuses": ",".join(str(s) for s in sorted(statuses)),
+            "http_5xx": sum(s >= 500 for s in statuses),
+            "statuses": ",".join(str(s) for s in sorted(set(statuses))),
         },
     )
 
@@ -172,7 +172,7 @@ def test_huge_headers_answer_431_not_a_reset(tmp_path, monkeypatch):
         "huge_headers",
         {
             **{f"{name}_status": s for name, s in seen.items()},
-            "resets": 0,
+            "resets": sum(s is None for s in seen.values()),
             "seconds_for_all": round(elapsed, 2),
         },
     )
