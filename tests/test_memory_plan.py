@@ -227,3 +227,11 @@ def test_sizes_from_headers_and_from_configs_alone_match_the_loaded_model(tiny_w
     alphas = sum(1 for t in header.values() if t["shape"] == [])
     # rank x (in + out) over the blocks' linear layers: the file's matrices exactly (tiny: rank 4)
     assert estimated.parameters == on_disk.parameters - alphas
+
+
+def test_retouch_plan_without_a_gpu_or_a_size_asks_for_one(configs_only):
+    done = run_plan("--weights", str(configs_only))
+    assert done.returncode == 2
+    assert "pass --gpu-memory GIB" in done.stderr and "Traceback" not in done.stderr
+    wrong = run_plan("--weights", str(configs_only), "--gpu-memory", "24", "--plan", "everything")
+    assert wrong.returncode == 2 and "--plan must be auto or one of resident" in wrong.stderr
