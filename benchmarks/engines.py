@@ -87,8 +87,10 @@ def full_engine(device: torch.device, lightning_steps: Iterable[int], refiner: b
     wanted = {f"lightning-{steps}" for steps in lightning_steps}
     adapters = []
     t1 = time.perf_counter()
-    for i, lora_name in enumerate(sorted(wanted & set(entry.loras))):
-        state = fm.random_lora_state_dict(retouch.transformer, lora_rank, seed=i)
+    names = sorted(wanted & set(entry.loras))
+    # every state dict before any is loaded: once peft wraps the linears, their names change
+    states = [fm.random_lora_state_dict(retouch.transformer, lora_rank, seed=i) for i in range(len(names))]
+    for lora_name, state in zip(names, states, strict=True):
         retouch.load_lora_weights(state, adapter_name=lora_name)
         adapters.append(lora_name)
     if adapters:
