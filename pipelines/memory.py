@@ -2,8 +2,8 @@
 
 It reads parameter counts (``memory_sizes``, never loading a weight), prices each placement
 (``memory_model``) and walks every combination of placements: resident bf16; kept in CPU memory
-and visiting the GPU only while it runs (text encoders between encodes, the refiner per job);
-block-level group offloading with streams (only two blocks on the GPU); and FP8 weight storage
+and visiting the GPU only while it runs (text encoders between encodes, VAEs); block-level group
+offloading with streams (only two blocks of a transformer on the GPU); and FP8 weight storage
 with per-channel scales computed in bf16 (lossy, so ``auto`` never picks it; name ``fp8``).
 ``auto`` takes the lossless plan with the least PCIe traffic per reference job (Lightning-8 at
 1024x1024, unrefined, prompt-cache miss) that fits the largest allowed output with headroom.
