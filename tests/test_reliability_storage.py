@@ -235,10 +235,10 @@ def test_full_database_disk_is_waited_out_without_a_crash(
         assert len(result_files(data, job)) == 1
         assert part_files(small_disk) == []
         wait_for("/readyz 200", lambda: client.get("/readyz").status_code == 200)
+        log = Path(server.log.name).read_text()  # before the stop, whose SIGTERM ends the worker
     finally:
         server.gate.touch()
         server.stop()
-    log = Path(server.log.name).read_text()
     tick_failures = log.count("supervisor tick failed")
     worker_exits = log.count("exited with code")
     assert worker_exits == 0
