@@ -213,10 +213,12 @@ class EditWorker:
                 self._drop_inputs(record.id)
                 metrics.record_job("failed")
                 outcome = "failed it as retryable"
-            else:
-                self.store.hand_back(record.id, self.worker_id)
+            elif self.store.hand_back(record.id, self.worker_id):
                 metrics.record_job("handed_back")
                 outcome = "handed it back to the queue"
+            else:  # cancelled, or re-run elsewhere after a lost lease: its outcome is not ours to write
+                metrics.record_job("superseded")
+                outcome = "it was no longer this worker's"
         except Exception as exc:  # the store's own disk is full too: the lease runs out instead
             if not is_disk_full(exc):
                 raise

@@ -96,3 +96,43 @@ def test_webhook_whose_outcome_cannot_be_stored_is_not_resent_every_poll(tmp_pat
         receiver.close()
     assert receiver.calls == 1
     assert sum("outbox paused" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_result_met_by_enospc_goes_back_to_the_queue_then_fails_retryable_after_its_attempts(tmp_path):
+    """The worker's own path, without a server: ENOSPC on the result hands the job back and pauses
+    claims; on its last attempt the job fails as retryable STORAGE_FULL; no result file is left."""
+    import errno
+
+    from server.files import FileStore
+    from server.jobs import EditJob, InputRef, JobMeta
+    from server.store import SQLiteStore
+    from server.worker import EditWorker
+    from tests.fakes import FakeEngine
+    from tests.server_harness import png_bytes
+
+    class FullResultsDisk(FileStore):
+        def write(self, relative, data):
+            if relative.startswith("results/"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(relative, data)
+
+    settings = make_settings(tmp_path, max_attempts=2)
+    store = SQLiteStore(tmp_path / "db.sqlite3")
+    files = FullResultsDisk(tmp_path / "files")
+    files.write("inputs/job_1/0", png_bytes())
+    job = EditJob(prompt="p", images=[InputRef(path="inputs/job_1/0")])
+    store.add_job("job_1", job, JobMeta(contract="imagepipeline", owner="o"), max_queued=10)
+    worker = EditWorker(settings, store, files, "w0")
+    worker.registry = SimpleNamespace(limits=SimpleNamespace(job_timeout_s=30))
+    worker.engine = FakeEngine(None)
+
+    worker.run(store.claim("w0", lease_s=30))
+    first = store.get_job("job_1")
+    assert first.status.value == "queued" and first.attempts == 1
+    assert not worker.may_claim()  # paused: the next job would meet the same full disk
+
+    worker.run(store.claim("w0", lease_s=30))
+    last = store.get_job("job_1")
+    assert (last.status.value, last.failure_reason_code, last.retryable) == ("failed", "STORAGE_FULL", True)
+    assert list((tmp_path / "files" / "results").rglob("*")) == []
+    assert not (tmp_path / "files" / "inputs" / "job_1").exists()  # a failed job's inputs go
