@@ -29,6 +29,7 @@ TICK_BACKOFF_S = (1.0, 15.0)
 # machine, a long C call of a model load): killing it there would restart the same load forever.
 # A ready worker silent for settings.worker_hang_s is stopped or frozen.
 LOADING_ALLOWANCE_S = 60.0
+PART_FILE_MAX_AGE_S = 3600.0
 
 
 class _Slot:
@@ -230,3 +231,11 @@ class Supervisor:
             for folder in root.iterdir() if root.is_dir() else []:
                 if folder.stat().st_mtime < cutoff:
                     self.files.delete_tree(f"{kind}/{folder.name}")
+        # Half-written files of a process killed mid-write (SIGKILL by the watchdog, the OOM
+        # killer): a write takes seconds, so one untouched for PART_FILE_MAX_AGE_S is abandoned.
+        part_cutoff = time.time() - PART_FILE_MAX_AGE_S
+        for kind in ("uploads", "inputs", "results", "previews"):
+            for part in (self.files.root / kind).rglob("*.part"):
+                with contextlib.suppress(OSError):  # gone meanwhile: renamed into place or swept
+                    if part.stat().st_mtime < part_cutoff:
+                        part.unlink()

@@ -134,3 +134,23 @@ def test_cleanup_sweeps_stale_inputs_and_previews_but_keeps_fresh_ones(tmp_path)
         assert (root / "previews/job_streaming/0-0.png").exists()  # a stream in progress keeps its files
     finally:
         srv.close()
+
+
+def test_cleanup_removes_abandoned_part_files_but_not_a_write_in_progress(tmp_path):
+    """A worker killed mid-write (the watchdog's SIGKILL) leaves a .part file nobody renames."""
+    import os
+    import time
+
+    srv = AsgiServer(make_settings(tmp_path, workers=0))
+    try:
+        root = srv.app.state.core.files.root
+        abandoned, writing = root / "results/job_a/1-0.png.part", root / "uploads/up_b/photo.png.part"
+        for part in (abandoned, writing):
+            part.parent.mkdir(parents=True)
+            part.write_bytes(b"half")
+        old = time.time() - 2 * 3600
+        os.utime(abandoned, (old, old))
+        srv.app.state.supervisor.cleanup()
+        assert not abandoned.exists() and writing.exists()
+    finally:
+        srv.close()
