@@ -253,7 +253,8 @@ HOW = """\
   `Retry-After`, because it passes by itself and 503 is the status whose `Retry-After` generic
   clients (urllib3, proxies) honour; 507 is WebDAV's. Workers take no job, `/readyz` is 503 with
   the reason and `retouch_storage_full` is 1.
-  ENOSPC met anyway removes the half-written `.part` file and sends the job back to the queue
+  ENOSPC met anyway removes the half-written `.part` file (the cleanup removes any a killed writer
+  left, after an hour) and sends the job back to the queue
   (failed as retryable `STORAGE_FULL` after `RETOUCH_MAX_ATTEMPTS`); the worker then pauses its
   claims with a doubling backoff. A failing supervisor tick backs off too (1 s doubling to 15 s,
   one line per pause), and the webhook outbox pauses 10 s when it cannot store an outcome rather
