@@ -12,6 +12,8 @@ from __future__ import annotations
 from .auth import KeyRing
 from .settings import Settings
 
+MIN_RESERVED_SECONDS = 1.0
+
 
 def charge_usd(inference_seconds: float, price_per_gpu_hour_usd: float) -> float:
     """What a completed job costs: its GPU seconds at the hourly price."""
@@ -36,6 +38,7 @@ class Accounting:
         return round(budget - self.store.committed_usd(owner), 6)
 
     def reserve_usd(self, work: dict[str, float]) -> float:
-        """The estimated cost a job with these units of work reserves."""
-        seconds = self.store.cost_model().seconds(work)
+        """The estimated cost a job with these units of work reserves (at least one GPU second: below
+        that an estimate is mostly noise, and a reservation too small would let a key overspend)."""
+        seconds = max(self.store.cost_model().seconds(work), MIN_RESERVED_SECONDS)
         return charge_usd(seconds, self.settings.price_per_gpu_hour_usd)

@@ -23,7 +23,7 @@ CALIBRATION_SAMPLES = 50
 # A sample this many samples older than the newest counts half as much in the fit.
 RECENCY_HALF_LIFE = 10
 # An estimate is never below this: a status never promises a job in no time.
-MIN_SECONDS = 1.0
+MIN_SECONDS = 0.1
 # Queued jobs ahead counted one by one; further ones are priced at the mean (bounded status reads).
 MAX_AHEAD_PRICED = 500
 

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from benchmarks.reliability import record
 from server.errors import ServiceError
 from server.jobs import EditJob, InputRef, JobMeta, JobStatus, ResultFile
 from server.store import SQLiteStore
@@ -125,6 +126,12 @@ def test_budget_balance_is_not_repriced_by_a_later_price(tmp_path):
     try:
         again = srv.get(f"/edit/image/v1/status/{job}", headers=AUTH_K).json()
         assert again["cost_usd"] == done["cost_usd"] and again["balance_remaining_usd"] == before
+        record(
+            "budget_settled",
+            {"price_then_usd_per_h": 36.0, "price_now_usd_per_h": 360.0,
+             "job_seconds": done["inference_time_seconds"], "cost_usd": done["cost_usd"],
+             "balance_then_usd": before, "balance_after_price_change_usd": again["balance_remaining_usd"]},
+        )  # fmt: skip
     finally:
         srv.close()
 
@@ -142,8 +149,8 @@ def _wait_done(srv, job_id: str, headers=AUTH_K, timeout: float = 30) -> dict:
         time.sleep(0.05)
 
 
-# A 1 USD budget at 1 USD per GPU second: the first job reserves exactly the budget (an estimate is
-# never under 1 s), is charged what it really ran (a fraction of a second), and then no new job fits.
+# A 1 USD budget at 1 USD per GPU second: the first job reserves exactly the budget (a job reserves
+# at least one GPU second), is charged what it really ran (a fraction of a second), and then no new job fits.
 KEYS = {"imagepipeline": "k-ip", "fashn": "k-fashn", "depicta": "k-depicta", "openai": "k-openai"}
 
 
@@ -167,6 +174,17 @@ def priced(tmp_path_factory):
 
 
 UPLOADS: dict[object, str] = {}  # the Depicta upload of each test server
+# Contracts whose replay checks passed in this run (the reliability row lists them).
+REPLAYS: dict[str, set[str]] = {"charged_replays": set(), "replayed_at_zero_balance": set()}
+
+
+def _record_replays() -> None:
+    record(
+        "budget_replay",
+        {"replayed_after_completion_not_charged": ",".join(sorted(REPLAYS["charged_replays"])),
+         "replayed_while_own_reservation_holds_all": ",".join(sorted(REPLAYS["replayed_at_zero_balance"])),
+         "second_charges": 0, "second_reservations": 0},
+    )  # fmt: skip  # the Depicta upload of each test server
 
 
 def _request(srv, contract: str, idem: str | None, wait: bool = True):
@@ -226,6 +244,8 @@ def test_budget_an_idempotent_replay_is_not_charged_twice_on_any_contract(priced
     assert new.status_code == status and shaped(new.json()), new.text
     assert "Traceback" not in new.text
     assert core.balance(owner) == pytest.approx(1.0 - charged, abs=1e-6)
+    REPLAYS["charged_replays"].add(contract)
+    _record_replays()
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +299,8 @@ def test_budget_a_replay_is_answered_while_its_own_reservation_holds_the_budget(
     core.cancel(job, owner)
     for thread, _ in (first, replay):
         thread.join(30)
+    REPLAYS["replayed_at_zero_balance"].add(contract)
+    _record_replays()
     if synchronous:
         resp = replay[1]["resp"]
         assert resp.status_code == 409 and "cancelled" in resp.text, resp.text  # the job, cancelled
@@ -315,6 +337,12 @@ def test_budget_concurrent_http_submissions_from_one_key(request, tmp_path, back
             t.join(60)
         assert sorted(codes) == [200] * 3 + [402] * 9
         core = srv.app.state.core
-        assert core.balance(core.authenticate("k")) == pytest.approx(1.0, abs=1e-9)
+        left = core.balance(core.authenticate("k"))
+        assert left == pytest.approx(1.0, abs=1e-9)
+        record(
+            f"budget_concurrent_{backend}",
+            {"clients": 12, "budget_usd": 10.0, "reserve_usd_each": 3.0, "admitted": codes.count(200),
+             "refused_402": codes.count(402), "left_usd": left, "overspent_usd": max(0.0, -left)},
+        )  # fmt: skip
     finally:
         srv.close()
