@@ -43,6 +43,31 @@ ROWS: dict[str, tuple[str, str, str]] = {
         "tests/test_reliability_overload.py::test_idempotency_key_*",
         "replays, distinct jobs created",
     ),
+    "budget_concurrent_sqlite": (
+        "Budgets: a job's estimated cost is reserved atomically with queueing it (402 in each "
+        "contract's shape when it does not fit); concurrent submissions from one key never overspend it",
+        "tests/test_budgets.py::test_budget_concurrent_http_submissions_from_one_key[sqlite]"
+        " (store level, 16 threads: test_budget_concurrent_submissions_never_overspend)",
+        "clients at once, budget, each job's reservation, admitted / refused, what is left",
+    ),
+    "budget_concurrent_redis": (
+        "The same on the Redis store (one Lua script checks and reserves)",
+        "tests/test_budgets.py::test_budget_concurrent_http_submissions_from_one_key[redis]",
+        "clients at once, budget, each job's reservation, admitted / refused, what is left",
+    ),
+    "budget_settled": (
+        "Settled once when the job ends (completed, failed, cancelled, re-run after a dead worker); "
+        "cost_usd stored at the price then in force: a later price change re-prices no history",
+        "tests/test_budgets.py::test_budget_balance_is_not_repriced_by_a_later_price,"
+        " test_budget_reservation_is_settled_once_at_the_end, test_budget_a_rerun_*",
+        "prices before and after the change, the job's seconds and cost, the balance before and after",
+    ),
+    "budget_replay": (
+        "An Idempotency-Key replay is looked up before the budget on all four contracts: answered with "
+        "its job even while that job's reservation holds the whole budget; never reserved or charged twice",
+        "tests/test_budgets.py::test_budget_an_idempotent_replay_*, test_budget_a_replay_is_answered_*",
+        "contracts checked after completion / while the job's own reservation holds the budget",
+    ),
     "body_caps": (
         "Caps on prompt, images, base64 and body size (413 before the body is read)",
         "tests/test_security_inputs.py::test_request_caps_*",
@@ -151,6 +176,13 @@ ROWS: dict[str, tuple[str, str, str]] = {
         "tests/test_reliability_storage.py::test_full_database_disk_is_waited_out_without_a_crash",
         "seconds full, supervisor failure lines (was one traceback per 0.5 s), worker exits, the job",
     ),
+    "eta_cost_model": (
+        "ETAs from a cost model: each job's units of work (transformer FLOPs of its sizes, pictures, "
+        "steps and CFG; VAE pixels; per-picture and per-step constants) times rates fitted online "
+        "from completed jobs; a queued job's ETA sums the work ahead",
+        "tests/test_eta_cost_model.py::test_eta_of_new_jobs_within_30_percent_on_the_tiny_set",
+        "calibration jobs, then ETA / real (CPU) time of a new job per size and step count (1.0 = exact)",
+    ),
     "webhooks": (
         "Webhooks: Standard Webhooks test vector, backoff + jitter on 5xx/429/timeouts, 410 stops, "
         "stable webhook-id, SSRF-safe sender",
@@ -229,6 +261,16 @@ HOW = """\
   `Retry-After`), per-key unfinished jobs (429), then a queue slot reserved before any fetch or decode (503 +
   `Retry-After` when `RETOUCH_MAX_QUEUED_JOBS` are waiting). Rate windows and idempotency
   records live behind the `JobStore` protocol (SQLite and Redis).
+- **Money** (`server/accounting.py`, `server/store/sqlite_costs.py`, `server/store/redis_costs.py`):
+  a job's cost is estimated at admission (its ETA seconds times `RETOUCH_PRICE_PER_GPU_HOUR_USD`)
+  and reserved in the same SQLite transaction or Redis script that queues it; the worker charges the
+  actual seconds at its price in the job's terminal write, which also releases the reservation (so a
+  re-run is charged once). Money is whole micro-dollars; a balance is the budget minus stored costs
+  and open reservations.
+- **ETAs** (`pipelines/cost_model.py`, `pipelines/flops.py`, `server/eta.py`): a job's units of work
+  are computed at admission from the registry and its decoded sizes; rates are a non-negative,
+  relative-error, recency-weighted least-squares fit of the last 50 completed jobs (SQLite: this
+  machine's; Redis: the deployment's, one list), refitted only when a job completes.
 - **Request size** (`RequestGuard` in `server/limits.py`): bodies over
   `RETOUCH_MAX_REQUEST_BYTES` get 413 from the declared length before a byte is read, or as
   soon as the running count passes the cap.
@@ -278,6 +320,14 @@ HOW = """\
   stores, worker processes and supervisor are the real ones. Whether a full database disk fails
   the supervisor's writes depends on the room left in SQLite's WAL file, so that row's count of
   failure lines varies between runs (0 to 3 seen); the bound it checks does not.
+- The ETA row runs the real engine on the tiny set on a shared 2-core CPU, with one torch thread,
+  and times each job by its CPU time: there the wall clock is mostly other processes' load (2 to 3
+  times the CPU time, varying between runs), which no cost model predicts. On the tiny set the
+  per-picture and VAE terms dominate and steps weigh little; on a GPU the transformer FLOPs carry
+  most of a job, which the fit learns from that pod's own jobs. Check it there with the test's sizes.
+- A job reserves at least one GPU second; one that runs longer than its reservation is still
+  charged its actual cost (a balance can go below zero by an estimate's error, never by a whole
+  unreserved job).
 """
 
 
