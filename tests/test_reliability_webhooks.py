@@ -8,7 +8,10 @@ import time
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+import pytest
+
 from benchmarks.reliability import record
+from tests.redis_server import redis_url  # noqa: F401 (a fixture, for the Redis case below)
 from tests.server_harness import AsgiServer, WebhookReceiver, make_settings
 from tests.test_reliability_faults import IMG, ROOT, Receiver, _submit, _wait
 
@@ -212,6 +215,52 @@ def test_status_shows_webhook_delivery(tmp_path):
             "webhook_bodies_carrying_the_field": sum("webhook" in p for p in payloads),
         },
     )
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_webhook_state_follows_the_outbox_on_both_stores(kind, tmp_path, request):
+    """What the status shows is the outbox row: the same on SQLite and on Redis (several pods)."""
+    from server.jobs import EditJob, InputRef, JobMeta, ResultFile
+    from server.store import open_store
+    from server.webhooks import webhook_state
+
+    extra = {}
+    if kind == "redis":
+        from tests.redis_server import delete_prefix, unique_prefix
+
+        url = request.getfixturevalue("redis_url")
+        extra = {"redis_url": url, "redis_prefix": unique_prefix()}
+        request.addfinalizer(lambda: delete_prefix(url, extra["redis_prefix"]))
+    store = open_store(make_settings(tmp_path, workers=0, **extra))
+    try:
+        job = EditJob(prompt="p", images=[InputRef(path="inputs/job_w/0")])
+        meta = JobMeta(contract="imagepipeline", owner="o", callback_url="http://127.0.0.1:9/hook")
+        store.add_job("job_w", job, meta, max_queued=10)
+        shown = [webhook_state(store, store.get_job("job_w"))]
+        store.claim("w0", 10)
+        result = ResultFile(
+            path="results/job_w/1-0.webp", mime_type="image/webp", format="webp", width=8, height=8,
+            sha256="0" * 64, seed=1,
+        )  # fmt: skip
+        store.complete("job_w", [result], 1, 0.5, [])
+        shown.append(webhook_state(store, store.get_job("job_w")))
+        store.delivery_failed("msg_job_w_completed", "HTTP 503", time.time() + 60)
+        shown.append(webhook_state(store, store.get_job("job_w")))
+        store.delivery_done("msg_job_w_completed")
+        shown.append(webhook_state(store, store.get_job("job_w")))
+        store.add_job("job_plain", job, meta.model_copy(update={"callback_url": None}), max_queued=10)
+        plain = webhook_state(store, store.get_job("job_plain"))
+    finally:
+        close = getattr(store, "close", None)
+        if close:
+            close()
+    assert [(s.state, s.attempts, s.last_error) for s in shown] == [
+        ("pending", 0, None),
+        ("pending", 0, None),
+        ("pending", 1, "HTTP 503"),
+        ("delivered", 2, "HTTP 503"),
+    ]
+    assert plain is None
 
 
 # -- result URLs ---------------------------------------------------------------------------------
