@@ -225,11 +225,13 @@ def plan_memory(
     host_budget = int(host_gib * GIB) if host_gib else host_memory_bytes()
     side = inputs.workload.max_side
     best: tuple[dict[str, str], _Evaluation] | None = None
-    needed, host_short = None, None
+    needed, host_short, host_for_this_gpu = None, None, None
     for placements in _assignments(inputs, requested, settings.overrides):
         ev = _evaluate(inputs, placements, side)
         if ev.host > host_budget:
             host_short = ev.host if host_short is None else min(host_short, ev.host)
+            if _fits(ev.peak, budget):
+                host_for_this_gpu = min(host_for_this_gpu or ev.host, ev.host)
             continue
         required = ev.peak / (1 - HEADROOM)
         needed = required if needed is None else min(needed, required)
@@ -244,9 +246,15 @@ def plan_memory(
                 None,
             )
         needed_gib = math.ceil(needed / GIB * 2) / 2
+        host_note = ""
+        if host_for_this_gpu is not None:
+            host_note = (
+                f"; plans that fit {gpu_memory_gib:g} GiB need {host_for_this_gpu / GIB:.0f} GiB of host "
+                f"memory, this machine has {host_budget / GIB:.0f} GiB"
+            )
         raise NoPlanFits(
             f"{what} fits in {gpu_memory_gib:g} GiB of GPU memory for outputs up to {side}px; the smallest "
-            f"GPU memory that would work is {needed_gib:g} GiB (or lower --max-side)",
+            f"GPU memory that would work is {needed_gib:g} GiB (or lower --max-side){host_note}",
             needed_gib,
         )
     placements, ev = best

@@ -122,6 +122,10 @@ def test_below_the_minimum_no_plan_fits_and_the_smallest_memory_that_works_is_na
 def test_host_memory_too_small_for_the_pinned_copies_is_refused(real):
     with pytest.raises(NoPlanFits, match="host memory"):
         plan_memory(real, 24, host_memory_gib=32)
+    # with 64 GiB of host memory a 24 GiB card cannot stream, and the refusal says why
+    why = "plans that fit 24 GiB need 131 GiB of host memory, this machine has 64 GiB"
+    with pytest.raises(NoPlanFits, match=why):
+        plan_memory(real, 24, host_memory_gib=64)
 
 
 def test_a_named_plan_that_does_not_fit_is_refused_not_replaced(real):
