@@ -40,7 +40,7 @@ def build(ctx: Context) -> dict:
                 record[f"{role}_{part}"] = {"seconds": None, "gib": weights / 2**30}
     else:
         engine, notes, stock_pipe = full_engine(
-            ctx.device, [4, 8], refiner=True, side=ctx.side, record=record
+            ctx.device, [4, 8], refiner=True, side=ctx.side, layers=ctx.layers, record=record
         )
     ctx.engines = with_stock(engine, stock_pipe)
     ctx.probe = install_probe(ctx.engines, ctx.device)
@@ -86,9 +86,12 @@ def refiner(ctx: Context) -> dict:
 def server(ctx: Context) -> dict:
     """3 jobs through HTTP + queue + worker; the worker builds its own engine, so this one goes first."""
     ctx.engines = ctx.probe = None
+    torch._dynamo.reset()  # compiled blocks (FP8 case) would keep the old transformer alive
     gc.collect()
+    left_allocated = None
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()
+        left_allocated = torch.cuda.memory_allocated(ctx.device) / 2**30
     image = engine_latency.picture(ctx.side, seed=0)
     data_url = "data:image/png;base64," + base64.b64encode(image).decode()
     env = {"RETOUCH_API_KEYS": server_overhead.API_KEY}
@@ -113,6 +116,7 @@ def server(ctx: Context) -> dict:
     engine_p50 = report.percentile([j["engine"] for j in jobs], 50)
     return {"jobs": jobs, "added_per_job_s": added, "added_p50_s": report.percentile(added, 50),
             "added_over_engine_p50": report.percentile(added, 50) / engine_p50,
+            "this_process_gib_after_freeing": left_allocated,
             "table": server_overhead.table([], jobs, None)}  # fmt: skip
 
 

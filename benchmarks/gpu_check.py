@@ -210,6 +210,7 @@ def parse_args(argv=None):
     p.add_argument("--tiny", action="store_true", help="the tiny random-weight set (CPU dry run)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--side", type=int, help="edit size SIDExSIDE (default 1024; 128 with --tiny)")
+    p.add_argument("--layers", type=int, help="full size truncated to N layers: smoke test only, no figures")
     p.add_argument("--cases", nargs="+", default=[c.name for c in CASES], help="subset, in CASES order")
     p.add_argument("--peak-tflops", type=float, help="override the device's peak bf16 TFLOP/s for the bound")
     p.add_argument("--append-results", metavar="MD", help="also append the section to this RESULTS.md")
@@ -247,6 +248,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="retouch-gpu-check-") as tmp:
         estimator = Estimator(device.type, peak, side, args.tiny)
         ctx = Context(device, args.tiny, side, Path(tmp), peak, estimator, STARTED + args.budget_s)
+        ctx.layers = args.layers
         run = Run(out, meta, args, ctx)
         watchdog = threading.Timer(max(0.0, ctx.left()), run.cut)
         watchdog.daemon = True

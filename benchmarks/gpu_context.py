@@ -25,16 +25,17 @@ class Context:
     engines: dict | None = None
     probe: object = None
     notes: list[str] = field(default_factory=list)
+    layers: int | None = None  # full size truncated to N layers: a smoke test of that path, no figures
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
     def runs(self, n: int) -> int:
-        """Timed runs: the case's own number on a GPU, one on the tiny set (a dry run of the code)."""
-        return 1 if self.tiny else n
+        """Timed runs: the case's own number on a GPU, one in a dry run (tiny set, truncated models)."""
+        return 1 if self.tiny or self.layers else n
 
     def warmups(self, n: int) -> int:
-        return 0 if self.tiny else n
+        return 0 if self.tiny or self.layers else n
 
     @property
     def engine(self):

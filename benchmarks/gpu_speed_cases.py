@@ -70,7 +70,8 @@ def _eager_on_the_tiny_set(ctx: Context, transformer) -> None:
     if ctx.tiny:
         compile_blocks = transformer.compile_repeated_blocks
         transformer.compile_repeated_blocks = lambda *a, **kw: compile_blocks(*a, backend="eager", **kw)
-        ctx.notes.append("tiny set: regional compile with dynamo's eager backend (no inductor build)")
+        ctx.notes.append("tiny set: regional compile with dynamo's eager backend (no inductor build), "
+                         "compiled in the timed run (no warm-up sizes)")  # fmt: skip
 
 
 def regional_compile(ctx: Context) -> dict:

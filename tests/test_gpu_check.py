@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(ROOT / "benchmarks" / "gpu_check.py")
 CASES = ["environment", "build", "lightning-8", "lightning-4", "cfg-40", "attention-backends",
@@ -22,6 +24,7 @@ def run_check(*args: str, timeout: float) -> subprocess.CompletedProcess:
                           cwd=ROOT)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_dry_run_on_the_tiny_set_runs_every_case(tmp_path):
     proc = run_check("--tiny", "--budget-s", "120", "--out", str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
