@@ -136,6 +136,9 @@ class EditEngine:
             timings["enhance"] = enhance_seconds
         at_steps = preview_steps(plan["steps"], spec.partial_images) if on_preview is not None else []
         outputs: list[OutputImage] = []
+        _tile_vae_above(
+            self.edit.pipe.vae, edit_size[0] * edit_size[1], self.edit.entry.vae_tiling_above_pixels
+        )
         for k in range(spec.num_images):
             seed = (base_seed + k) % (MAX_SEED + 1)
 
@@ -264,10 +267,7 @@ class EditEngine:
     def _refine(self, picture: Image.Image, prompt: str, strength: float, seed: int, progress) -> Image.Image:
         pipe, entry = self.refiner.pipe, self.refiner.entry
         w, h = picture.size
-        if w * h > entry.vae_tiling_above_pixels:
-            pipe.vae.enable_tiling()
-        else:
-            pipe.vae.disable_tiling()
+        _tile_vae_above(pipe.vae, w * h, entry.vae_tiling_above_pixels)
 
         def on_step(p, i, t, kwargs):
             progress("refine", i + 1, p.num_timesteps)
@@ -334,3 +334,12 @@ def _encode_output(picture: Image.Image, spec: EditSpec, seed: int) -> OutputIma
         sha256=imageio.sha256_hex(data),
         seed=seed,
     )
+
+
+def _tile_vae_above(vae, pixels: int, threshold: int) -> None:
+    """Decode in tiles above ``threshold`` pixels: the VAE's mid-block attention grows with the square
+    of the latent area, so large pictures are decoded in overlapping tiles instead."""
+    if pixels > threshold:
+        vae.enable_tiling()
+    else:
+        vae.disable_tiling()

@@ -94,7 +94,7 @@ class ModelEntry(_Strict):
     vae_condition_pixels: int = Field(default=1024 * 1024, ge=64 * 64)
     vl_condition_pixels: int = Field(default=384 * 384, ge=56 * 56)
     loras: dict[str, LoraEntry] = Field(default_factory=dict)
-    # Refiner only: steps the img2img pass would take at strength 1.
+    # Larger outputs are decoded (and refined) in VAE tiles.
     vae_tiling_above_pixels: int = Field(default=2048 * 2048, ge=1)
     performance: Performance = Field(default_factory=Performance)
 
@@ -167,6 +167,9 @@ class Registry(_Strict):
     qualities: dict[str, QualityPreset] = Field(default_factory=dict)
     public_models: dict[str, PublicModel] = Field(default_factory=dict)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    # Random-weight demo models (`retouch weights tiny`): pictures are noise. Shown on /readyz,
+    # in the log and in the playground so nobody mistakes the demo for the product.
+    demo: bool = False
     # where this file was read from; set by load_registry, used to resolve relative paths
     source: str | None = None
 

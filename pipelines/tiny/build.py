@@ -9,15 +9,19 @@ Deterministic: the same call writes the same tensors.
 
 from __future__ import annotations
 
-import json
 import math
-from importlib import resources
 from pathlib import Path
 
 import torch
 import yaml
 from safetensors.torch import save_file
 
+from ..registry import load_registry
+from ..weights_manifest import write_manifest
+from .registry import (
+    packaged_config,
+    tiny_registry,
+)
 from .tokenizer import QWEN_SPECIAL_TOKENS, train_tiny_qwen_tokenizer
 
 # Small enough that a whole edit runs in well under a second on 2 CPU cores.
@@ -34,15 +38,6 @@ QWEN_TRANSFORMER = dict(
 )
 QWEN_VAE_Z = 4
 LORA_RANK = 4
-# The Plus pipeline resizes condition images to these areas; the real values (1 MP, 384^2)
-# would make the tiny transformer attend over ~16k tokens, so the tiny set declares smaller ones.
-TINY_VAE_CONDITION_PIXELS = 128 * 128
-TINY_VL_CONDITION_PIXELS = 112 * 112
-
-
-def _config(name: str) -> dict:
-    text = resources.files("pipelines.configs").joinpath(name).read_text()
-    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 
 def _build_qwen_edit(out: Path, tokenizer) -> None:
@@ -65,11 +60,13 @@ def _build_qwen_edit(out: Path, tokenizer) -> None:
     transformer = QwenImageTransformer2DModel(**QWEN_TRANSFORMER)
     torch.manual_seed(0)
     vae = AutoencoderKLQwenImage(
-        base_dim=QWEN_VAE_Z * 2,
+        # The real layout (8x down, 16-pixel output multiple) with 2 channels: on CPU torch runs this
+        # VAE's causal 3D convolutions through its slow fallback, and full-resolution stages dominate.
+        base_dim=2,
         z_dim=QWEN_VAE_Z,
-        dim_mult=[1, 2, 4],
+        dim_mult=[1, 1, 1, 1],
         num_res_blocks=1,
-        temperal_downsample=[False, True],
+        temperal_downsample=[False, True, True],
         latents_mean=[0.0] * QWEN_VAE_Z,
         latents_std=[1.0] * QWEN_VAE_Z,
     )
@@ -105,7 +102,7 @@ def _build_qwen_edit(out: Path, tokenizer) -> None:
     )
     text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
 
-    pp = _config("qwen_image_edit_processor_preprocessor_config.json")
+    pp = packaged_config("qwen_image_edit_processor_preprocessor_config.json")
     image_kwargs = {k: pp[k] for k in ("patch_size", "temporal_patch_size", "merge_size")}
     image_kwargs |= {"image_mean": pp["image_mean"], "image_std": pp["image_std"]}
     processor = Qwen2VLProcessor(
@@ -115,7 +112,7 @@ def _build_qwen_edit(out: Path, tokenizer) -> None:
         video_processor=Qwen2VLVideoProcessor(**image_kwargs),
         tokenizer=tokenizer,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(**_config("qwen_image_edit_scheduler.json"))
+    scheduler = FlowMatchEulerDiscreteScheduler(**packaged_config("qwen_image_edit_scheduler.json"))
     pipe = QwenImageEditPlusPipeline(
         scheduler=scheduler,
         vae=vae,
@@ -159,12 +156,12 @@ def _build_z_image(out: Path, tokenizer) -> None:
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        block_out_channels=[32, 64],
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[8, 16, 32, 32],
         layers_per_block=1,
         latent_channels=16,
-        norm_num_groups=32,
+        norm_num_groups=8,
         sample_size=32,
         scaling_factor=0.3611,
         shift_factor=0.1159,
@@ -182,7 +179,7 @@ def _build_z_image(out: Path, tokenizer) -> None:
             max_position_embeddings=512,
         )
     ).eval()
-    scheduler = FlowMatchEulerDiscreteScheduler(**_config("z_image_turbo_scheduler.json"))
+    scheduler = FlowMatchEulerDiscreteScheduler(**packaged_config("z_image_turbo_scheduler.json"))
     ZImagePipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
     ).save_pretrained(out, safe_serialization=True)
@@ -207,91 +204,6 @@ def lightning_lora_state_dict(steps: int, *, rank: int = LORA_RANK) -> dict[str,
     return state
 
 
-def tiny_registry() -> dict:
-    lightning = _config("qwen_image_lightning_scheduler.json")
-    return {
-        "version": 1,
-        "root": ".",
-        "models": {
-            "qwen-image-edit-tiny": {
-                "roles": ["edit", "edit_plus", "inpaint"],
-                "pipeline": "qwen_image_edit_plus",
-                "path": "qwen-image-edit",
-                "hub_id": "retouch/tiny-random-qwen-image-edit",
-                "revision": "local",
-                "dtype": "float32",
-                "device": "cpu",
-                "default_steps": 4,
-                "default_guidance": 4.0,
-                "vae_condition_pixels": TINY_VAE_CONDITION_PIXELS,
-                "vl_condition_pixels": TINY_VL_CONDITION_PIXELS,
-                "loras": {
-                    f"lightning-{n}": {
-                        "path": f"qwen-image-lightning/lightning-{n}steps.safetensors",
-                        "hub_id": "retouch/tiny-random-lightning",
-                        "revision": "local",
-                        "steps": n,
-                        "guidance": 1.0,
-                        "scheduler": "lightning",
-                    }
-                    for n in (8, 4)
-                }
-                | {
-                    "anime-style": {
-                        "path": "qwen-image-lightning/anime-style.safetensors",
-                        "hub_id": "retouch/tiny-random-style",
-                        "revision": "local",
-                    }
-                },
-            },
-            "z-image-turbo-tiny": {
-                "roles": ["refiner"],
-                "pipeline": "z_image_img2img",
-                "path": "z-image-turbo",
-                "hub_id": "retouch/tiny-random-z-image-turbo",
-                "revision": "local",
-                "dtype": "float32",
-                "device": "cpu",
-                "default_steps": 8,
-                "default_guidance": 0.0,
-                "vae_tiling_above_pixels": 192 * 192,
-            },
-        },
-        "schedulers": {"lightning": lightning},
-        "modes": {
-            "anime": {
-                "prompt_template": "{prompt}. Redraw the photo as a clean anime illustration.",
-                "lora": "anime-style",
-            }
-        },
-        "limits": {
-            "max_input_pixels": 4_000_000,
-            "max_images_per_job": 3,
-            "max_references": 5,
-            "max_output_side": 1024,
-            "max_num_images": 4,
-            "max_prompt_chars": 2000,
-            "job_timeout_s": 120,
-        },
-        "resolutions": {"1k": 128 * 128, "2k": 256 * 256, "4k": 512 * 512, "upscale_refine_strength": 0.3},
-        # Same names as the production table; full-model step counts scaled down for the CPU.
-        "qualities": {
-            "low": {"lightning_steps": 4},
-            "medium": {"lightning_steps": 8},
-            "auto": {"lightning_steps": 8},
-            "standard": {"steps": 2},
-            "high": {"steps": 4},
-            "hd": {"steps": 6},
-            "xhigh": {"steps": 6},
-            "max": {"steps": 6},
-        },
-        "public_models": {
-            "qwen-image-edit": {"model": "qwen-image-edit-tiny"},
-            "qwen-image-edit-pe": {"model": "qwen-image-edit-tiny", "enhance_prompt": True},
-        },
-    }
-
-
 def build_tiny_weights(directory: str | Path) -> Path:
     """Write the tiny set into ``directory`` and return the path of its weights.yaml."""
     out = Path(directory)
@@ -309,4 +221,6 @@ def build_tiny_weights(directory: str | Path) -> Path:
         "# Tiny random-weight set written by `retouch weights tiny`: real architectures, noise pictures.\n"
     )
     registry_path.write_text(header + yaml.safe_dump(tiny_registry(), sort_keys=False))
+    # A manifest like `retouch weights pull` writes, so verify/bundle/import work on the demo too.
+    write_manifest(load_registry(registry_path))
     return registry_path
