@@ -70,3 +70,27 @@ def import_command(tar: str, dest: str) -> None:
     except RegistryError as e:
         _fail([str(e)])
     print(f"imported and verified: {path}; serve it with `retouch serve --weights {path}`")
+
+
+def manifest_command(weights: str) -> None:
+    from .weights_local import manifest_for_disk
+
+    registry = _load(weights)
+    try:
+        path, extra = manifest_for_disk(registry)
+    except RegistryError as e:
+        _fail([p.strip() for p in str(e).split(";")])
+    for file in extra:
+        print(f"extra (declared by no entry, left out): {file}", file=sys.stderr)
+    print(f"manifest written to {path}; `retouch weights verify --weights {weights}` checks it")
+
+
+def import_hf_cache_command(weights: str, cache_dir: str, copy: bool) -> None:
+    from .weights_local import import_from_hf_cache
+
+    registry = _load(weights)
+    try:
+        path = import_from_hf_cache(registry, cache_dir, link=not copy)
+    except RegistryError as e:
+        _fail([str(e)])
+    print(f"imported from {cache_dir}; manifest written to {path}; serve it with --weights {weights}")
