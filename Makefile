@@ -17,8 +17,10 @@ $(BIN)/retouch: pyproject.toml
 
 install: $(BIN)/retouch
 
+# The committed registry with none of its files on disk (a fresh clone) serves the demo set,
+# built once into ./tiny-weights; any other WEIGHTS must be complete. RETOUCH_HOST/RETOUCH_PORT apply.
 serve: install
-	$(BIN)/retouch serve --weights $(WEIGHTS)
+	$(BIN)/retouch serve --weights $(WEIGHTS) $(if $(filter weights.yaml,$(WEIGHTS)),--demo-if-missing)
 
 # From a fresh clone to the web playground on a CPU: the tiny random-weight set, served at :8000.
 demo: install

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from pipelines.registry import load_registry
+from pipelines.weights_set import describe
 
 from . import metrics, playground, signing
 from .contracts.depicta import build_router as depicta_router
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.ensure_secrets()
     registry = load_registry(settings.weights)
+    weights_info = describe(registry, settings.weights)
     store = open_store(settings)  # Redis when RETOUCH_REDIS_URL is set (several pods), else SQLite
     files = FileStore(settings.files_root)
     core = Core(settings, registry, store, files)
@@ -105,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             reason = None
         body = {"status": "ready" if reason is None else "not ready", "workers_alive": alive}
+        body["weights"] = weights_info  # "demo" or the registry, and its revisions
         if reason is not None:
             body["reason"] = reason
         return JSONResponse(body, status_code=200 if reason is None else 503)

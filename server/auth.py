@@ -200,6 +200,20 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def key_checking(ring: KeyRing, keys_path: Path) -> str:
+    """One line for the start log: how a presented key will be judged."""
+    if ring.is_open():
+        return (
+            f"none configured, so any key is accepted (loopback only); `retouch keys create` (keys file"
+            f" {keys_path}) or RETOUCH_API_KEYS turns checking on"
+        )
+    from_file = len(ring.keys_file.records())
+    return (
+        f"only configured keys are accepted: {len(ring.env_keys)} from RETOUCH_API_KEYS, {from_file} in"
+        f" the keys file {keys_path} (re-read on change, no restart needed)"
+    )
+
+
 def unsafe_bind_reason(settings, ring: KeyRing) -> str | None:
     """Why serving as configured would expose an unauthenticated API, or None."""
     if ring.is_open() and not is_loopback_host(settings.host) and not settings.insecure_no_auth:

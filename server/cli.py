@@ -52,13 +52,34 @@ def weights_bundle(
 
 @weights_app.command("import")
 def weights_import(
-    tar: str = typer.Argument(..., help="A tar written by `retouch weights bundle`"),
-    dest: str = typer.Option(..., "--dest", help="Folder to unpack into"),
+    tar: str | None = typer.Argument(None, help="A tar written by `retouch weights bundle`"),
+    dest: str | None = typer.Option(None, "--dest", help="Folder to unpack the tar into"),
+    from_hf_cache: str | None = typer.Option(
+        None, "--from-hf-cache", help="Instead of a tar: a Hugging Face hub cache folder (offline)"
+    ),
+    weights: str = typer.Option("weights.yaml", "--weights", help="With --from-hf-cache: the registry"),
+    copy: bool = typer.Option(False, "--copy", help="With --from-hf-cache: copy instead of hard-linking"),
 ) -> None:
-    """Unpack a bundle, verify every file against its manifest and print the weights.yaml to serve."""
-    from pipelines.cli_weights import import_command
+    """Unpack a bundle and verify it, or take the registry's files from a hub cache; both write a manifest."""
+    from pipelines.cli_weights import import_command, import_hf_cache_command
 
-    import_command(tar, dest)
+    if from_hf_cache is not None and tar is None:
+        import_hf_cache_command(weights, from_hf_cache, copy)
+    elif tar is not None and dest is not None and from_hf_cache is None:
+        import_command(tar, dest)
+    else:
+        typer.echo("error: give either TAR --dest DIR, or --from-hf-cache DIR [--weights W]", err=True)
+        raise typer.Exit(2)
+
+
+@weights_app.command("manifest")
+def weights_manifest(
+    weights: str = typer.Option("weights.yaml", "--weights", help="Path to weights.yaml"),
+) -> None:
+    """Hash the files the registry names, as they are on disk (copied, mirrored...), into its manifest."""
+    from pipelines.cli_weights import manifest_command
+
+    manifest_command(weights)
 
 
 @app.command(context_settings={"allow_extra_args": False})
@@ -131,6 +152,12 @@ def serve(
         False, "--insecure-no-auth", help="Serve a non-loopback address without API keys (trusted network)"
     ),
     log_level: str | None = typer.Option(None, "--log-level", help="DEBUG | INFO | WARNING | ERROR [INFO]"),
+    demo_if_missing: bool = typer.Option(
+        False,
+        "--demo-if-missing",
+        help="None of the registry's files on disk: build (once) and serve the random-weight demo set",
+    ),
+    demo_dir: str = typer.Option("tiny-weights", "--demo-dir", help="Folder of the --demo-if-missing set"),
 ) -> None:
     """Start the HTTP server with its GPU workers (settings also from RETOUCH_* variables)."""
     from server.serve import serve_command
@@ -138,7 +165,7 @@ def serve(
     flags = {"weights": weights, "host": host, "port": port, "data_dir": data_dir}
     flags.update(server_id=server_id, workers=workers, insecure_no_auth=insecure_no_auth or None)
     flags.update(role=role, log_level=log_level)
-    serve_command({k: v for k, v in flags.items() if v is not None})
+    serve_command({k: v for k, v in flags.items() if v is not None}, demo_dir if demo_if_missing else None)
 
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys: stored hashed in the keys file.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import typer
 from pydantic import ValidationError
@@ -11,9 +12,24 @@ from pydantic import ValidationError
 from pipelines.errors import RegistryError
 from pipelines.registry import load_registry, require_files
 from pipelines.weights_manifest import manifest_path, verify
+from pipelines.weights_set import DEMO_NOTICE, describe, none_on_disk
 
 
-def serve_command(flags: dict) -> None:
+def _demo_instead(settings, registry, demo_dir: str):
+    """Build (once) and switch to the demo set: what ``--demo-if-missing`` does on a fresh clone."""
+    from pipelines import build_tiny_weights
+
+    path = Path(demo_dir) / "weights.yaml"
+    if not path.is_file():
+        typer.echo(f"building the demo weights set into {demo_dir} (once, about a minute) ...", err=True)
+        build_tiny_weights(demo_dir)
+    for line in DEMO_NOTICE:
+        typer.echo(f"notice: {line.format(registry=settings.weights)}", err=True)
+    return settings.model_copy(update={"weights": str(path)}), load_registry(path)
+
+
+def serve_command(flags: dict, demo_if_missing: str | None = None) -> None:
+    """``demo_if_missing``: a folder for the demo set, served when none of the registry's files exist."""
     from .settings import Settings
 
     try:
@@ -21,12 +37,10 @@ def serve_command(flags: dict) -> None:
     except ValidationError as exc:
         typer.echo(f"invalid setting: {exc}", err=True)
         raise typer.Exit(2) from None
-    from .auth import KeyRing, KeysFile, parse_env_keys, unsafe_bind_reason
+    from .auth import KeyRing, KeysFile, key_checking, parse_env_keys, unsafe_bind_reason
 
-    refusal = unsafe_bind_reason(
-        settings,
-        KeyRing(KeysFile(settings.keys_path), parse_env_keys(settings.api_keys, settings.key_budgets_usd)),
-    )
+    ring = KeyRing(KeysFile(settings.keys_path), parse_env_keys(settings.api_keys, settings.key_budgets_usd))
+    refusal = unsafe_bind_reason(settings, ring)
     if refusal:
         typer.echo(f"error: {refusal}", err=True)
         raise typer.Exit(2)
@@ -39,6 +53,8 @@ def serve_command(flags: dict) -> None:
             settings.role != "api"
             and settings.engine_factory == Settings.model_fields["engine_factory"].default
         )
+        if loads_files and demo_if_missing and none_on_disk(registry):
+            settings, registry = _demo_instead(settings, registry, demo_if_missing)
         if loads_files:
             require_files(registry)
     except RegistryError as exc:
@@ -64,7 +80,15 @@ def serve_command(flags: dict) -> None:
     settings.ensure_secrets()  # before logging is set up, so every secret is known to the redactor
     configure_logging(settings, process_name="api")
     app = create_app(settings)
-    logging.getLogger("retouch.serve").info(
+    log = logging.getLogger("retouch.serve")
+    weights = describe(registry, settings.weights)
+    if weights["set"] == "demo":
+        log.warning("serving the DEMO weights set: random-weight models, pictures are noise", extra=weights)
+    else:
+        log.info("serving the weights of %s", settings.weights, extra=weights)
+    typer.echo(f"api keys: {key_checking(ring, settings.keys_path)}", err=True)
+    log.info("api keys: %s", key_checking(ring, settings.keys_path))
+    log.info(
         "retouch serving on %s",
         settings.base_url,
         extra={

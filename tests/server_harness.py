@@ -155,7 +155,7 @@ def free_port() -> int:
 class ServeProcess:
     """A real ``retouch serve`` subprocess on tiny weights (official clients talk to it over TCP)."""
 
-    def __init__(self, weights: Path, data_dir: Path, port: int, workers: int = 1):
+    def __init__(self, weights: Path, data_dir: Path, port: int, workers: int = 1, extra_args=()):
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         cmd = [
@@ -173,6 +173,7 @@ class ServeProcess:
             str(workers),
             "--server-id",
             "e2e",
+            *extra_args,
         ]
         self.log = open(data_dir.parent / f"serve-{port}-{time.time_ns()}.log", "w")  # noqa: SIM115
         env = dict(os.environ, HF_HUB_OFFLINE="1", RETOUCH_FETCH_ALLOW="127.0.0.1/32")  # local receivers

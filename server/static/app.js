@@ -334,6 +334,18 @@ $("cancel").addEventListener("click", async () => {
   }
 });
 
+// The demo set's pictures are noise: say so on the page, from the server's own /readyz.
+async function showWeightsSet() {
+  try {
+    const response = await fetch("/readyz");
+    const body = await response.json();
+    $("demo-strip").hidden = !(body.weights && body.weights.set === "demo");
+  } catch (_) {
+    // no strip when the server cannot be asked; nothing else depends on it
+  }
+}
+
 // -- start -----------------------------------------------------------------------------------
 $("api-key").value = apiKey();
 checkKey();
+showWeightsSet();
