@@ -16,11 +16,7 @@ def test_depicta_guide_says_money_is_converted_with_the_configured_rate():
     assert "RETOUCH_EUR_PER_USD" in guide  # the rate tests/test_contract_depicta.py checks (0.5)
 
 
-def test_openai_guide_states_the_preview_size_the_engine_makes(engine, registry):
-    """A source larger than the `1k` area is edited at that area: previews are half of that, not
-    half of the output. The guide's tiny-set example is measured here."""
-    side = 512
-    assert side * side > registry.resolutions.area("1k")
+def _preview_size(engine, side: int) -> tuple[int, int]:
     seen = []
     result = engine.run(
         EditSpec(
@@ -33,9 +29,16 @@ def test_openai_guide_states_the_preview_size_the_engine_makes(engine, registry)
         ),
         on_preview=lambda image, partial, shown: seen.append(shown),
     )
-    preview = seen[0]
     assert (result.images[0].width, result.images[0].height) == (side, side)
+    return seen[0].width, seen[0].height
+
+
+def test_openai_guide_states_the_preview_sizes_the_engine_makes(engine, registry):
+    """Previews are half the size the model edits at: half the output up to the `1k` area, half of
+    that area above it. The guide's two examples are measured here, on the demo set."""
+    assert registry.resolutions.area("1k") == 1024 * 1024  # the guide's examples assume it
     guide = " ".join((DOCS / "contracts-openai.md").read_text().split())
     assert "half size" not in guide
-    assert "the same output on the tiny set" in guide
-    assert f"has {preview.width}x{preview.height} ones" in guide, (preview.width, preview.height)
+    small, large = _preview_size(engine, 512), _preview_size(engine, 1536)
+    assert f"a 512x512 output has {small[0]}x{small[1]} previews" in guide, small
+    assert f"a 1536x1536 one is edited at 1024x1024 and has {large[0]}x{large[1]} previews" in guide, large

@@ -21,7 +21,7 @@ def test_playground_says_a_saved_key_is_wrong_at_once(page, server):  # noqa: F8
 
 def test_playground_keeps_the_job_in_view_and_offers_a_random_seed(page, server, tmp_path):  # noqa: F811
     tall = tmp_path / "tall.png"
-    tall.write_bytes(encode(make_photo(96, 1000, seed=3)))  # under the tiny set's 1024 side cap
+    tall.write_bytes(encode(make_photo(96, 1000, seed=3)))
     _save_key(page, API_KEY)
     assert page.input_value("#seed") == "" and page.get_attribute("#seed", "placeholder") == "random"
     assert page.inner_text("#seed-random") == "random"
