@@ -86,7 +86,6 @@ def serve_command(flags: dict, demo_if_missing: str | None = None) -> None:
         log.warning("serving the DEMO weights set: random-weight models, pictures are noise", extra=weights)
     else:
         log.info("serving the weights of %s", settings.weights, extra=weights)
-    typer.echo(f"api keys: {key_checking(ring, settings.keys_path)}", err=True)
     log.info("api keys: %s", key_checking(ring, settings.keys_path))
     log.info(
         "retouch serving on %s",

@@ -43,3 +43,22 @@ def test_playground_keeps_the_job_in_view_and_offers_a_random_seed(page, server,
     assert top >= 0 and bottom <= 900, (top, bottom)  # the job panel is still on screen
     assert page.inner_text("#result-seed") not in ("", "-1")
     _shot(page, "5-tall-picture-scrolled")
+
+
+def test_playground_shows_the_demo_strip_only_while_the_demo_set_is_served(page, server):  # noqa: F811
+    page.wait_for_selector("#demo-strip:not([hidden])", timeout=10_000)
+    assert "demo weights: pictures are noise" in page.inner_text("#demo-strip")
+    _shot(page, "6-demo-strip")
+    # The same page in front of a server with real weights: /readyz says "registry", no strip.
+    page.route(
+        "**/readyz",
+        lambda route: route.fulfill(
+            status=200,
+            content_type="application/json",
+            body='{"status": "ready", "weights": {"set": "registry"}}',
+        ),
+    )
+    page.reload()
+    page.wait_for_function("document.getElementById('key-state').textContent.length > 0")
+    page.wait_for_timeout(300)
+    assert page.is_hidden("#demo-strip")
