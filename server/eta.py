@@ -28,6 +28,10 @@ MIN_SECONDS = 0.1
 MAX_AHEAD_PRICED = 500
 
 Sample = tuple[dict[str, float], float]
+# Among fits that explain the samples equally well (too few or too alike samples), the one whose rates
+# are on these first: a pod that has only run one kind of job still tells a job with ten times the
+# transformer work that it takes about ten times as long, rather than as long.
+PREFERENCE = ("edit_tflops", "refine_tflops", "megapixels", "forwards", "pictures")
 
 
 class CostModel:
@@ -54,18 +58,19 @@ def _fit(samples: list[Sample]) -> dict[str, float] | None:
     weight = np.sqrt(0.5 ** (np.arange(len(y)) / RECENCY_HALF_LIFE))
     x, y = x * weight[:, None], y * weight
     present = [i for i in range(len(WORK_FEATURES)) if np.any(x[:, i] > 0)]
-    best: tuple[float, int, dict[str, float]] | None = None
+    best: tuple[tuple, dict[str, float]] | None = None
     for size in range(1, len(present) + 1):
         for subset in itertools.combinations(present, size):
             coef, *_ = np.linalg.lstsq(x[:, subset], y, rcond=None)
             if np.any(coef < 0):
                 continue
             residual = float(np.sum((x[:, subset] @ coef - y) ** 2))
-            # Among equally good fits (fewer samples than features), the one with fewer rates.
-            key = (round(residual, 9), size)
-            if best is None or key < best[:2]:
-                best = (*key, {WORK_FEATURES[i]: float(c) for i, c in zip(subset, coef, strict=True)})
-    return best[2] if best else None
+            # Among equally good fits, the one with fewer rates, then on the preferred features.
+            ranks = sorted(PREFERENCE.index(WORK_FEATURES[i]) for i in subset)
+            key = (round(residual, 9), size, ranks)
+            if best is None or key < best[0]:
+                best = (key, {WORK_FEATURES[i]: float(c) for i, c in zip(subset, coef, strict=True)})
+    return best[1] if best else None
 
 
 class CostModelCache:

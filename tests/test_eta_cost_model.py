@@ -39,6 +39,17 @@ def test_eta_fit_recovers_per_stage_rates_and_extrapolates():
     assert CostModel([], default_seconds=30).seconds(big) == 30  # nothing learnt yet
 
 
+def test_eta_after_only_default_jobs_still_scales_with_the_transformer_work():
+    # Issue 13: a pod that had run only default jobs (Lightning 8 steps, 1 MP, ~7 s) told a
+    # 1024x1024 50-step CFG job 7 s, and it ran 110 s. The same transformer work per step, 12.5x
+    # the forwards: it is now told about 12.5x as long.
+    default = _work(8, 2.0, 3.0)
+    seen = [(default, seconds) for seconds in (6.8, 7.1, 7.0, 7.3, 6.9)]
+    model = CostModel(seen, default_seconds=30)
+    assert model.seconds(default) == pytest.approx(7.0, rel=0.05)
+    assert model.seconds(_work(100, 25.0, 3.0)) == pytest.approx(7.0 * 12.5, rel=0.05)
+
+
 def test_eta_of_a_queued_job_sums_the_work_ahead_of_it(tmp_path):
     store = SQLiteStore(tmp_path / "db.sqlite3", default_job_seconds=10, workers=2)
     small, large = _work(8, 1, 1), _work(80, 10, 4)
