@@ -4,8 +4,8 @@ Every completed job leaves a sample (its units of work, its inference seconds) i
 rates, seconds per unit of each kind of work, are the non-negative least-squares fit of the last
 ``CALIBRATION_SAMPLES`` samples, weighted so the fit minimises the *relative* error (a 4-step
 thumbnail and a 50-step 4k job count alike, as an ETA's error is felt relative to the wait) and
-favours the newest samples (``RECENCY_HALF_LIFE``). The fit
-is exact NNLS, found by enumerating the feature subsets (five features: 31 small least squares).
+favours the newest samples (``RECENCY_HALF_LIFE``). The fit is exact NNLS, found by enumerating
+the feature subsets (five features: 31 small least squares).
 Before any job with units of work has completed, every job is estimated at the mean of the samples,
 or at ``default_job_seconds`` when there are none.
 """
@@ -40,6 +40,9 @@ class CostModel:
         self.default_seconds = sum(seconds) / len(seconds) if seconds else default_seconds
         usable = [(w, s) for w, s in samples if w and s > 0]
         self.rates = _fit(usable) if usable else None
+        if self.rates is not None and not any(w.get("refine_tflops") for w, _ in usable):
+            # No refined job seen yet: the refiner's TFLOPs cost what the edit model's do, not nothing.
+            self.rates.setdefault("refine_tflops", self.rates.get("edit_tflops", 0.0))
 
     def seconds(self, work: dict[str, float] | None) -> float:
         """Inference seconds of a job with these units of work."""

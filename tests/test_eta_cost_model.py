@@ -48,6 +48,9 @@ def test_eta_after_only_default_jobs_still_scales_with_the_transformer_work():
     model = CostModel(seen, default_seconds=30)
     assert model.seconds(default) == pytest.approx(7.0, rel=0.05)
     assert model.seconds(_work(100, 25.0, 3.0)) == pytest.approx(7.0 * 12.5, rel=0.05)
+    # the first refined job: its refiner TFLOPs are priced like the edit model's until one is seen
+    refined = {**default, "refine_tflops": 2.0}
+    assert model.seconds(refined) == pytest.approx(14.0, rel=0.05)
 
 
 def test_eta_of_a_queued_job_sums_the_work_ahead_of_it(tmp_path):
