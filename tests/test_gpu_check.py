@@ -26,7 +26,9 @@ def run_check(*args: str, timeout: float) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_dry_run_on_the_tiny_set_runs_every_case(tmp_path):
-    proc = run_check("--tiny", "--budget-s", "120", "--out", str(tmp_path), timeout=300)
+    # The README's dry run gives 120 s; on a 2-core machine shared with other test runs every case
+    # still took up to ~130 s, so the test allows more rather than see the last case skipped.
+    proc = run_check("--tiny", "--budget-s", "300", "--out", str(tmp_path), timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     cases = data["cases"]
