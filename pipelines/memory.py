@@ -287,6 +287,13 @@ def plan_memory(
         streamed_bytes_per_step=streamed,
         device=device,
     )
+    if requested == "auto" and set(placements.values()) != {"gpu"}:
+        everything = {s.key: "gpu" for ss in inputs.sizes.values() for s in ss}
+        resident_peak = _evaluate(inputs, everything, side).peak
+        result.notes.append(
+            f"why not all resident: that would peak at {resident_peak / GIB:.1f} GiB, over 92% of "
+            f"{gpu_memory_gib:g} GiB; this is the lossless plan that adds the least time per job"
+        )
     if any(s.counts.source != "safetensors headers" for ss in inputs.sizes.values() for s in ss):
         result.notes.append("parameter counts from the configs (meta-device construction): exact")
     if any(lora.estimate for lora in inputs.loras):
