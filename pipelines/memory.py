@@ -64,7 +64,7 @@ class _Inputs:
 def _inputs(registry: Registry, max_side: int | None, device: DeviceProfile) -> _Inputs:
     sizes, loras, dtype = {}, [], {}
     limits = registry.limits
-    edit_area = 1024 * 1024
+    edit_area, edit_tiling = 1024 * 1024, 2048 * 2048
     for role in ("edit", "refiner"):
         found = registry.model_for("edit_plus" if role == "edit" else role) or (
             registry.model_for("edit") if role == "edit" else None
@@ -75,7 +75,7 @@ def _inputs(registry: Registry, max_side: int | None, device: DeviceProfile) -> 
         sizes[role] = component_sizes(registry, name, entry)
         dtype[role] = entry.dtype
         if role == "edit":
-            edit_area = entry.vae_condition_pixels
+            edit_area, edit_tiling = entry.vae_condition_pixels, entry.vae_tiling_above_pixels
             transformer = next(s for s in sizes[role] if s.component == "transformer")
             loras = [lora_size(registry, name, n, lora, transformer) for n, lora in entry.loras.items()]
     refiner = registry.model_for("refiner")
@@ -84,6 +84,7 @@ def _inputs(registry: Registry, max_side: int | None, device: DeviceProfile) -> 
         condition_pictures=limits.max_images_per_job + limits.max_references,
         vae_condition_pixels=edit_area,
         refiner_tiling_above_pixels=refiner[1].vae_tiling_above_pixels if refiner else 2048 * 2048,
+        edit_tiling_above_pixels=edit_tiling,
     )
     return _Inputs(sizes, loras, work, dtype, device)
 

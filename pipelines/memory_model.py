@@ -76,6 +76,8 @@ class Workload:
     condition_pictures: int  # pictures plus references the Plus pipeline encodes, worst case
     vae_condition_pixels: int
     refiner_tiling_above_pixels: int
+    # the engine decodes in tiles above this area, which bounds the VAE's peak (engine._tile_vae_above)
+    edit_tiling_above_pixels: int = 2048 * 2048
     reference_steps: int = 8  # Lightning-8, the default fast path
     refine_steps: int = 3  # Z-Image-Turbo's 9 steps at the 2k/4k upscale strength 0.3
 
@@ -104,7 +106,7 @@ def activation_bytes(size: ComponentSize, side: int, work: Workload, refiner: bo
         per_pixel = VAE_BYTES_PER_PIXEL.get(size.class_name, 2560)
         if refiner:
             return per_pixel * min(pixels, work.refiner_tiling_above_pixels)
-        return per_pixel * max(pixels, work.vae_condition_pixels)
+        return per_pixel * max(min(pixels, work.edit_tiling_above_pixels), work.vae_condition_pixels)
     return TEXT_ENCODER_ACTIVATION.get(size.component, GIB)
 
 

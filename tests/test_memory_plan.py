@@ -188,7 +188,7 @@ def test_retouch_plan_on_a_configs_only_folder(configs_only):
     assert "lightning-8" in out and "estimate" in out  # the LoRA files are not there yet
     assert "estimated peak GPU memory: 17.6 GiB of 24 GiB" in out
     assert "GB over PCIe per denoising step" in out
-    assert "largest output side that fits: 2960px" in out
+    assert "largest output side that fits: 7760px" in out
     assert "why not all resident: that would peak at 85.8 GiB" in out
 
     refused = run_plan("--weights", str(configs_only), "--gpu-memory", "12", "--host-memory", str(HOST_GIB))
