@@ -44,6 +44,10 @@ CLI_COVERAGE = {
         "tests/test_weights_manifest.py",
         "test_bundle_then_import_gives_a_verified_loadable_set",
     ),
+    ("weights", "manifest"): (
+        "tests/test_weights_sources.py",
+        "test_manifest_command_hashes_the_files_on_disk_and_names_extra_and_missing_ones",
+    ),
     # Run verbatim below (test_readme_quick_start_commands_run_as_written).
     ("weights", "tiny"): (
         "tests/test_docker_and_readme.py",
@@ -191,9 +195,11 @@ def test_dockerfile_healthcheck_hits_readyz_on_the_served_port(app):
 
 
 # -- README --------------------------------------------------------------------------------
-def test_readme_starts_with_the_two_setup_commands():
-    first = README.splitlines()[:2]
-    assert [line.split("#")[0].strip() for line in first] == ["make serve", "make test"]
+def test_readme_starts_with_the_two_setup_commands_in_a_block_under_the_title():
+    lines = README.splitlines()
+    assert lines[0] == "# Retouch" and lines[1] == "" and lines[2] == "```bash"
+    block = lines[3 : lines.index("```", 3)]
+    assert [line.split("#")[0].strip() for line in block] == ["make serve", "make test"]
 
 
 def test_readme_documents_every_setting():

@@ -189,13 +189,13 @@ def test_result_carries_timings_and_a_reproducibility_record(engine, photo_bytes
 
 def test_output_size_follows_width_height_and_aspect_ratio(engine, photo_bytes):
     sized = engine.run(spec(photo_bytes, width=100, height=50)).images[0]
-    assert (sized.width, sized.height) == (96, 48)  # snapped to the model's multiple of 8
+    assert (sized.width, sized.height) == (96, 48)  # snapped to the model's multiple of 16
     square = engine.run(spec(photo_bytes, aspect_ratio="1:1")).images[0]
-    assert square.width == square.height == 128  # the tiny set's 1k area is 128*128
+    assert square.width == square.height == 1024  # the 1k area, as in production
     default = engine.run(spec(photo_bytes)).images[0]
     assert (default.width, default.height) == (96, 64)  # like the hosted APIs: the source's size
-    big = engine.run(spec(encode(make_photo(200, 150)))).images[0]
+    big = engine.run(spec(encode(make_photo(1600, 1200)))).images[0]
     # larger than the model's native area: edited at that area, then brought back to the source size
-    assert (big.width, big.height) == (200, 152)
+    assert (big.width, big.height) == (1600, 1200)
     tall = engine.run(spec(encode(make_photo(40, 120)), height=240)).images[0]
     assert (tall.width, tall.height) == (80, 240)  # one side given: the other follows the source

@@ -99,9 +99,9 @@ def test_engine_previews_are_decoded_part_way_and_leave_the_result_unchanged(eng
 
 def test_engine_previews_follow_the_mask(engine):
     """Outside the mask a preview shows the input, whatever the seed; inside it shows the edit."""
-    photo = make_photo(96, 64)
-    mask = Image.new("L", (96, 64), 0)
-    mask.paste(255, (0, 0, 48, 64))  # edit the left half only
+    photo = make_photo(256, 64)  # wide, so the kept side is several latent pixels from the mask
+    mask = Image.new("L", (256, 64), 0)
+    mask.paste(255, (0, 0, 128, 64))  # edit the left half only
 
     def preview(seed: int) -> np.ndarray:
         seen = []
@@ -118,10 +118,10 @@ def test_engine_previews_follow_the_mask(engine):
         return np.asarray(Image.open(io.BytesIO(seen[0].data)).convert("RGB"), dtype=np.int16)
 
     a, b = preview(1), preview(2)
-    assert a.shape == (32, 48, 3)
+    assert a.shape == (32, 128, 3)
     # Far from the mask's edge (the tiny VAE decoder's attention still lets a little through).
-    kept = np.abs(a[:, 36:] - b[:, 36:]).mean()
-    edited = np.abs(a[:, :12] - b[:, :12]).mean()
+    kept = np.abs(a[:, 96:] - b[:, 96:]).mean()
+    edited = np.abs(a[:, :32] - b[:, :32]).mean()
     assert edited > 3 * kept
 
 

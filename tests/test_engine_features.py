@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from pipelines import EditSpec, ImageDecodeError, InvalidInputError, ReferenceImage, UnsupportedFeatureError
+from pipelines.registry import Resolutions
 from tests.conftest import encode, make_photo
 
 
@@ -62,7 +63,10 @@ def test_text_and_product_hints_protect_detail_from_refinement(engine, photo_byt
 
 
 @pytest.mark.parametrize(("preset", "side"), [("2k", 256), ("4k", 512)])
-def test_large_resolutions_upscale_and_refine(engine, preset, side):
+def test_large_resolutions_upscale_and_refine(engine, preset, side, monkeypatch):
+    # The production areas scaled down 8x a side: the mechanism, not a 16 MP refine on a CPU.
+    small = Resolutions.model_validate({"1k": 128 * 128, "2k": 256 * 256, "4k": 512 * 512})
+    monkeypatch.setattr(engine, "registry", engine.registry.model_copy(update={"resolutions": small}))
     square = encode(make_photo(64, 64))
     result = engine.run(spec(square, resolution=preset))
     image = result.images[0]
@@ -129,7 +133,7 @@ BAD_INPUTS = [
     ({"mode": "watercolour"}, "mode", UnsupportedFeatureError),
     ({"palette": ["#12345G"]}, "palette", InvalidInputError),
     ({"output_format": "gif"}, "output_format", InvalidInputError),
-    ({"prompt": "x" * 2001}, "prompt", InvalidInputError),
+    ({"prompt": "x" * 4001}, "prompt", InvalidInputError),
     ({"prompt": "   "}, "prompt", InvalidInputError),
 ]
 
