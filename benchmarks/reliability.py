@@ -198,7 +198,7 @@ ROWS: dict[str, tuple[str, str, str]] = {
     "webhook_status": (
         "The status body shows webhook delivery (pending, delivered, failed, attempts, last error)",
         "tests/test_reliability_webhooks.py::test_status_shows_webhook_delivery",
-        "states shown, contracts",
+        "attempts shown when delivered (after one 500) and when failed (410), webhook bodies with the field",
     ),
     "result_urls": (
         "Result URLs: tampered -> 403, expired -> 410, another job's path with a valid signature -> 403",
@@ -301,9 +301,16 @@ HOW = """\
   claims with a doubling backoff. A failing supervisor tick backs off too (1 s doubling to 15 s,
   one line per pause), and the webhook outbox pauses 10 s when it cannot store an outcome rather
   than posting the same webhook again every 0.2 s.
+- **Bodies and heads** (`server/contracts/json_body.py`, `server/http_limits.py`): every JSON
+  body of every contract goes through one strict reader (UTF-8 only, no NaN/Infinity, finite
+  numbers, no duplicate keys, no nesting past Python's recursion limit, an object at the top)
+  and Starlette's own refusals are rendered in the contract's shape; `retouch serve` answers a
+  request head over `RETOUCH_MAX_HEADER_BYTES` or `RETOUCH_MAX_HEADER_COUNT` with 431 and a
+  lingering close.
 - **Webhooks** (`server/webhooks.py`): Standard Webhooks signatures, a stable `webhook-id` per job
   and event, full-jitter exponential backoff (`Retry-After` of a 429 honoured), 410 stops, a
-  blocked address stops, sent through the same SSRF-safe client.
+  blocked address stops, sent through the same SSRF-safe client. The URL is checked at
+  submission too (`server/fetch.py` `check_callback_url`), and the status shows the delivery.
 
 ## Honest limits
 
