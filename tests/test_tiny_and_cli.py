@@ -33,6 +33,17 @@ def test_tiny_weights_are_deterministic_and_small(tiny_weights, tmp_path):
     assert size < 20 * 1024 * 1024
 
 
+def test_demo_set_has_the_production_limits_resolutions_qualities_and_model_names(tiny_weights):
+    from pipelines import load_registry
+
+    demo, production = load_registry(tiny_weights), load_registry(ROOT / "weights.yaml")
+    assert demo.limits == production.limits and demo.limits.max_output_side == 2048
+    assert demo.resolutions == production.resolutions
+    assert demo.qualities == production.qualities
+    assert set(demo.public_models) == set(production.public_models)
+    assert demo.demo and not production.demo
+
+
 def test_tiny_lora_uses_the_kohya_lightning_key_format(tiny_weights):
     state = load_file(tiny_weights.parent / "qwen-image-lightning" / "lightning-8steps.safetensors")
     assert "transformer_blocks.0.attn.to_q.lora_down.weight" in state
