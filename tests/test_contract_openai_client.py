@@ -142,7 +142,7 @@ def test_openai_client_errors_raise_the_clients_exceptions(client):
     assert info.value.code == "model_not_found" and info.value.param == "model"
     with pytest.raises(openai.BadRequestError) as info:
         client.images.edit(image=_file("p.png", png_bytes()), prompt="x", size="4000x4000")
-    assert info.value.param == "size" and "1280" in info.value.message
+    assert info.value.param == "size" and "2048" in info.value.message
     with pytest.raises(openai.BadRequestError) as info:
         client.images.edit(image=_file("p.png", b"not a picture"), prompt="x")
     assert info.value.code == "invalid_image"

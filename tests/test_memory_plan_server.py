@@ -6,13 +6,16 @@ emulating a small card."""
 from __future__ import annotations
 
 import base64
+import time
 
+import httpx
 import pytest
 
-from tests.server_harness import AsgiServer, make_settings, png_bytes
+from tests.server_harness import ServeProcess, free_port, png_bytes
 
 # 2 GiB: a card the tiny set fits only below 1024px (the text encoder's 1 GiB and the CUDA context
 # come first), so the worker plans for a smaller side than the limits' 2048.
+TERMINAL = ("completed", "failed", "cancelled")
 MEMORY = "memory:\n  plan: resident\n  gpu_memory_gib: 2\n"
 
 
@@ -22,15 +25,19 @@ def published(server) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tiny_weights, tmp_path_factory):
+    # A real `retouch serve`: the plan gauges live in the worker process and reach /metrics through
+    # prometheus-client's multiprocess files, which an in-process app cannot count on.
     weights = tiny_weights.parent / "weights-2gib.yaml"
     weights.write_text(tiny_weights.read_text() + "\n" + MEMORY)
-    settings = make_settings(
-        tmp_path_factory.mktemp("memory-server"), weights=str(weights), engine_factory="pipelines:EditEngine"
-    )
-    srv = AsgiServer(settings)
-    srv.wait_ready(timeout=180)
-    yield srv
-    srv.close()
+    data = tmp_path_factory.mktemp("memory-server") / "data"
+    data.mkdir()
+    srv = ServeProcess(weights, data, free_port())
+    try:
+        srv.wait(timeout=180)
+        with httpx.Client(base_url=srv.base_url, headers={"X-API-Key": "any"}, timeout=60) as client:
+            yield client
+    finally:
+        srv.stop()
 
 
 def edit(server, **body):
@@ -60,4 +67,8 @@ def test_a_job_larger_than_the_plan_fits_is_refused_at_submission(server):
     assert f"fits outputs up to {side}px" in body["message"] and "1024x1024" in body["message"]
     accepted = edit(server, width=side, height=side // 2, seed=1)
     assert accepted.status_code == 200, accepted.text
-    assert server.wait_status(accepted.json()["job_id"], timeout=120)["status"] == "completed"
+    job_id, deadline = accepted.json()["job_id"], time.monotonic() + 120
+    while (status := server.get(f"/edit/image/v1/status/{job_id}").json())["status"] not in TERMINAL:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status["status"] == "completed", status

@@ -64,8 +64,14 @@ def test_redis_servers_lists_live_pods_for_admins(cluster, client, registry):
     api = cluster.apis[0]
     denied = client.get(f"{api.url}/v1/servers", headers={"X-API-Key": EDIT_KEY})
     assert denied.status_code == 403 and denied.json()["error_code"] == "FORBIDDEN"
-    body = client.get(f"{api.url}/v1/servers", headers={"X-API-Key": ADMIN_KEY}).json()
-    pods = {p["server_id"]: p for p in body["servers"]}
+    # A pod publishes its record every 2 s: the one after its worker turned ready counts it live.
+    deadline = time.monotonic() + 10
+    while True:
+        body = client.get(f"{api.url}/v1/servers", headers={"X-API-Key": ADMIN_KEY}).json()
+        pods = {p["server_id"]: p for p in body["servers"]}
+        if all(pods.get(sid, {}).get("workers_alive") for sid in WORKERS) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert set(pods) == {*WORKERS, "api-a", "api-b"}
     for sid in WORKERS:
         assert pods[sid]["role"] == "worker" and pods[sid]["workers_alive"] == 1
