@@ -177,14 +177,15 @@ def _delivery_ended(store, job_id: str) -> bool:
 def test_status_shows_webhook_delivery(tmp_path):
     """imagepipeline and FASHN status bodies say pending / delivered / failed, attempts, last error;
     the webhook's own body and a job without a webhook carry no such field."""
-    flaky = WebhookReceiver(fail_first=1)
+    flaky = WebhookReceiver(fail_first=1)  # this job's receiver alone: its first post is the one failed
+    fashn_hook = WebhookReceiver()
     gone = Receiver([410])
     srv = AsgiServer(make_settings(tmp_path, webhook_backoff_initial_s=0.05, webhook_backoff_max_s=0.2))
     store = srv.app.state.core.store
     try:
         queued = _submit(srv, "flaky", callback_url=flaky.url)
         job_gone = _submit(srv, "gone", callback_url=gone.url)
-        fashn_job = _fashn_run(srv, flaky.url).json()["id"]
+        fashn_job = _fashn_run(srv, fashn_hook.url).json()["id"]
         plain = srv.post(
             "/v1/run",
             json={"model_name": "edit", "inputs": {"image": IMG, "prompt": "no hook"}},
@@ -196,10 +197,11 @@ def test_status_shows_webhook_delivery(tmp_path):
         failed = srv.get(f"/edit/image/v1/status/{job_gone}").json()["webhook"]
         fashn = srv.get(f"/v1/status/{fashn_job}", headers={"Authorization": "Bearer test-key"}).json()
         plain_status = srv.get(f"/v1/status/{plain}", headers={"Authorization": "Bearer test-key"}).json()
-        payloads = [json.loads(body) for _, body in flaky.got]
+        payloads = [json.loads(body) for _, body in flaky.got + fashn_hook.got]
     finally:
         srv.close()
         flaky.close()
+        fashn_hook.close()
         gone.close()
     assert delivered == {"state": "delivered", "attempts": 2, "last_error": "HTTP 500"}
     assert failed == {"state": "failed", "attempts": 1, "last_error": "HTTP 410"}

@@ -16,7 +16,7 @@ from PIL import Image
 from benchmarks.reliability import record
 from pipelines.errors import EngineError
 from pipelines.images import decode_image
-from tests.server_harness import make_settings
+from tests.server_harness import AsgiServer, make_settings
 
 MAX_PIXELS = 1_000_000
 
@@ -92,12 +92,24 @@ NOT_FUZZED = {"/readyz"}
 
 def test_schemathesis_openapi(tmp_path):
     schemathesis = pytest.importorskip("schemathesis")
+
+    # One worker with the fake engine: a request valid enough to be queued ends, so the synchronous
+    # contracts (Depicta, OpenAI) answer instead of waiting out the fuzzer's 10 s read timeout.
+    # The fuzzer runs its own app's lifespan, so the worker belongs to a second app on the same store.
+    from server.app import create_app
+
+    server = AsgiServer(make_settings(tmp_path, workers=1))
+    server.wait_ready(timeout=120)
+    try:
+        _fuzz_operations(schemathesis, create_app(make_settings(tmp_path, workers=0)))
+    finally:
+        server.close()
+
+
+def _fuzz_operations(schemathesis, app) -> None:
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-    from server.app import create_app
-
-    app = create_app(make_settings(tmp_path, workers=0))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     failures: list[str] = []
     counts = {"operations": 0, "requests": 0, "5xx": 0}
