@@ -27,10 +27,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def tiny_source(tmp_path_factory) -> Path:
-    from pipelines import build_tiny_weights
-
-    return build_tiny_weights(tmp_path_factory.mktemp("tiny-src")).parent
+def tiny_source(tiny_weights) -> Path:
+    """The session's demo set (tests/conftest.py); every test works on a copy of it."""
+    return tiny_weights.parent
 
 
 @pytest.fixture(autouse=True)
