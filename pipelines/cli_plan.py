@@ -71,7 +71,8 @@ def plan_command(
     host_memory: float | None,
     plan: str | None,
 ) -> None:
-    from .memory import NAMED_PLANS, NoPlanFits, plan_memory
+    from .memory import NoPlanFits, plan_memory
+    from .memory_named import NAMED_PLANS
     from .registry import load_registry
 
     try:

@@ -271,6 +271,9 @@ class EditEngine:
 
         def on_step(p, i, t, kwargs):
             progress("refine", i + 1, p.num_timesteps)
+            visiting = getattr(pipe, "transformer_hook", None)
+            if visiting is not None and i + 1 == p.num_timesteps:
+                visiting.offload()  # the last step is done: the decode needs its room
             return kwargs
 
         texts: dict = {"prompt": prompt}

@@ -104,7 +104,7 @@ def load_edit_model(registry: Registry, device: str | None = None) -> LoadedEdit
     fused = acceleration.fuse_and_quantize(pipe, perf, where)
     if perf.quantize != "none":
         adapters = []
-    memory_apply.apply_offloads(pipe, placements, target, f"models.{name}")
+    memory_apply.apply_offloads(pipe, placements, target, f"models.{name}", plan)
     acceleration.compile_regional(pipe.transformer, perf)
     acceleration.offload_text_encoder(pipe, perf)
     pipe.prompt_cache = acceleration.PromptCache(perf.prompt_cache_size) if perf.prompt_cache_size else None
@@ -128,12 +128,13 @@ def load_refiner(registry: Registry, device: str | None = None) -> LoadedRefiner
         folder, torch_dtype=DTYPES[entry.dtype], local_files_only=True
     )
     target = resolve_device(device or entry.device)
-    placements = memory_apply.placements_of(memory_apply.plan_for(registry, target), name)
+    plan = memory_apply.plan_for(registry, target)
+    placements = memory_apply.placements_of(plan, name)
     memory_apply.move_resident(pipe, placements, target)
     pipe.set_progress_bar_config(disable=True)
     perf = entry.performance
     acceleration.set_attention_backend(pipe.transformer, perf.attention_backend, f"models.{name}")
-    memory_apply.apply_offloads(pipe, placements, target, f"models.{name}")
+    memory_apply.apply_offloads(pipe, placements, target, f"models.{name}", plan)
     acceleration.compile_regional(pipe.transformer, perf)
     acceleration.offload_text_encoder(pipe, perf)
     return LoadedRefiner(name, entry, pipe, {f"{name}/{k}": v for k, v in folder_hashes(folder).items()})

@@ -11,7 +11,7 @@ with per-channel scales computed in bf16 (lossy, so ``auto`` never picks it; nam
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -32,24 +32,12 @@ from .memory_model import (
     visiting_bytes,
     weight_bytes,
 )
-from .memory_plan import LOSSY, WHY, MemoryPlan, NoPlanFits, Row
-from .memory_settings import PLACEMENTS_BY_COMPONENT
+from .memory_named import assignments, name_of
+from .memory_plan import WHY, MemoryPlan, NoPlanFits, Row
 from .memory_sizes import ComponentSize, LoraSize, component_sizes, lora_size
 from .registry import Registry
 
 REFERENCE_SIDE = 1024
-# Named plans: (edit transformer, text encoder, vae), (refiner transformer, text encoder, vae).
-NAMED_PLANS: dict[str, tuple[tuple[str, str, str], tuple[str, str, str]]] = {
-    "resident": (("gpu", "gpu", "gpu"), ("gpu", "gpu", "gpu")),
-    "refiner-streamed": (("gpu", "gpu", "gpu"), ("streamed", "gpu", "gpu")),
-    "refiner-on-demand": (("gpu", "gpu", "gpu"), ("streamed", "cpu-visit", "cpu-visit")),
-    "encoder-offload": (("gpu", "cpu-visit", "gpu"), ("streamed", "cpu-visit", "cpu-visit")),
-    "edit-streamed": (("streamed", "gpu", "gpu"), ("gpu", "gpu", "gpu")),
-    "low-memory": (("streamed", "cpu-visit", "gpu"), ("streamed", "cpu-visit", "gpu")),
-    "fp8": (("gpu-fp8", "cpu-visit", "gpu"), ("streamed", "cpu-visit", "gpu")),
-    "fp8-streamed": (("streamed-fp8", "cpu-visit", "gpu"), ("streamed", "cpu-visit", "gpu")),
-}
-COMPONENTS = ("transformer", "text_encoder", "vae")
 
 
 @dataclass(frozen=True)
@@ -59,6 +47,9 @@ class _Inputs:
     workload: Workload
     dtype: dict[str, str]
     device: DeviceProfile
+    pinned: bool = (
+        True  # streamed weights pinned up front (False: block by block, diffusers' low_cpu_mem_usage)
+    )
 
 
 def _inputs(registry: Registry, max_side: int | None, device: DeviceProfile) -> _Inputs:
@@ -128,9 +119,9 @@ def _evaluate(inputs: _Inputs, placements: dict[str, str], side: int) -> _Evalua
             if size.component == "transformer" and not refiner:
                 adapters = lora_bytes(inputs.loras)
             resident += resident_bytes(size, placement, adapters)
-            host += host_bytes(size, placement, adapters)
+            host += host_bytes(size, placement, adapters, inputs.pinned)
             nbytes, seconds = transfer_per_job(
-                size, placement, adapters, steps, REFERENCE_SIDE, work, refiner, inputs.device
+                size, placement, adapters, steps, REFERENCE_SIDE, work, refiner, inputs.device, inputs.pinned
             )
             moved[role][0] += nbytes
             moved[role][1] += seconds
@@ -152,46 +143,6 @@ def _fits(peak: int, budget: int) -> bool:
     return peak <= budget * (1 - HEADROOM)
 
 
-def _assignments(inputs: _Inputs, plan: str, overrides: dict[str, str]):
-    """Every placement assignment the plan allows: one for a named plan, all lossless ones for auto."""
-    keys = [(role, s) for role, sizes in inputs.sizes.items() for s in sizes]
-    if plan != "auto":
-        chosen = _named(plan)
-        yield {s.key: overrides.get(s.key, chosen[role][s.component]) for role, s in keys}
-        return
-    options = [
-        [overrides[s.key]]
-        if s.key in overrides
-        else [p for p in PLACEMENTS_BY_COMPONENT[s.component] if p not in LOSSY]
-        for _, s in keys
-    ]
-    for combo in itertools.product(*options):
-        yield {s.key: p for (_, s), p in zip(keys, combo, strict=True)}
-
-
-def _named(plan: str) -> dict[str, dict[str, str]]:
-    edit, refiner = NAMED_PLANS[plan]
-    return {
-        "edit": dict(zip(COMPONENTS, edit, strict=True)),
-        "refiner": dict(zip(COMPONENTS, refiner, strict=True)),
-    }
-
-
-def _name_of(inputs: _Inputs, placements: dict[str, str], requested: str) -> str:
-    if requested != "auto":
-        return requested
-    for name, (edit, refiner) in NAMED_PLANS.items():
-        wanted = {
-            "edit": dict(zip(COMPONENTS, edit, strict=True)),
-            "refiner": dict(zip(COMPONENTS, refiner, strict=True)),
-        }
-        if all(
-            placements[s.key] == wanted[role][s.component] for role, ss in inputs.sizes.items() for s in ss
-        ):
-            return name
-    return "custom"
-
-
 def _largest_side(inputs: _Inputs, placements: dict[str, str], budget: int) -> int:
     lo, hi = 0, 16384 // 16
     while lo < hi:
@@ -205,6 +156,30 @@ def _largest_side(inputs: _Inputs, placements: dict[str, str], budget: int) -> i
 
 def host_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@dataclass
+class _Search:
+    best: tuple[dict[str, str], _Evaluation] | None = None
+    needed: float | None = None  # the least GPU memory any host-fitting plan needs
+    host_short: int | None = None  # the least host memory of the plans refused on host memory
+    host_for_this_gpu: int | None = None  # ... of those among them that fit the GPU
+
+
+def _search(inputs: _Inputs, requested: str, overrides: dict, budget: int, host_budget: int) -> _Search:
+    found = _Search()
+    for placements in assignments(inputs, requested, overrides):
+        ev = _evaluate(inputs, placements, inputs.workload.max_side)
+        if ev.host > host_budget:
+            found.host_short = min(found.host_short or ev.host, ev.host)
+            if _fits(ev.peak, budget):
+                found.host_for_this_gpu = min(found.host_for_this_gpu or ev.host, ev.host)
+            continue
+        required = ev.peak / (1 - HEADROOM)
+        found.needed = required if found.needed is None else min(found.needed, required)
+        if _fits(ev.peak, budget) and (found.best is None or ev.rank() < found.best[1].rank()):
+            found.best = (placements, ev)
+    return found
 
 
 def plan_memory(
@@ -225,33 +200,28 @@ def plan_memory(
     host_gib = host_memory_gib or settings.host_memory_gib
     host_budget = int(host_gib * GIB) if host_gib else host_memory_bytes()
     side = inputs.workload.max_side
-    best: tuple[dict[str, str], _Evaluation] | None = None
-    needed, host_short, host_for_this_gpu = None, None, None
-    for placements in _assignments(inputs, requested, settings.overrides):
-        ev = _evaluate(inputs, placements, side)
-        if ev.host > host_budget:
-            host_short = ev.host if host_short is None else min(host_short, ev.host)
-            if _fits(ev.peak, budget):
-                host_for_this_gpu = min(host_for_this_gpu or ev.host, ev.host)
-            continue
-        required = ev.peak / (1 - HEADROOM)
-        needed = required if needed is None else min(needed, required)
-        if _fits(ev.peak, budget) and (best is None or ev.rank() < best[1].rank()):
-            best = (placements, ev)
+    found = _search(inputs, requested, settings.overrides, budget, host_budget)
+    if found.best is None and found.host_for_this_gpu is not None:
+        # Too little host memory to pin the streamed weights up front: pin them as they are copied.
+        unpinned = dataclasses.replace(inputs, pinned=False)
+        retry = _search(unpinned, requested, settings.overrides, budget, host_budget)
+        if retry.best is not None or retry.host_for_this_gpu is not None:
+            inputs, found = unpinned, retry
+    best = found.best
     if best is None:
         what = f"plan {requested!r}" if requested != "auto" else "no lossless plan"
-        if needed is None:
+        if found.needed is None:
             raise NoPlanFits(
                 f"{what} fits in {host_budget / GIB:.0f} GiB of host memory: it needs at least "
-                f"{host_short / GIB:.1f} GiB (streamed weights keep ~2x their bytes pinned)",
+                f"{found.host_short / GIB:.1f} GiB (streamed weights keep ~2x their bytes pinned)",
                 None,
             )
-        needed_gib = math.ceil(needed / GIB * 2) / 2
+        needed_gib = math.ceil(found.needed / GIB * 2) / 2
         host_note = ""
-        if host_for_this_gpu is not None:
+        if found.host_for_this_gpu is not None:
             host_note = (
-                f"; plans that fit {gpu_memory_gib:g} GiB need {host_for_this_gpu / GIB:.0f} GiB of host "
-                f"memory, this machine has {host_budget / GIB:.0f} GiB"
+                f"; plans that fit {gpu_memory_gib:g} GiB need {found.host_for_this_gpu / GIB:.0f} GiB of "
+                f"host memory even pinned block by block, this machine has {host_budget / GIB:.0f} GiB"
             )
         raise NoPlanFits(
             f"{what} fits in {gpu_memory_gib:g} GiB of GPU memory for outputs up to {side}px; the smallest "
@@ -271,7 +241,7 @@ def plan_memory(
         if r.role == "edit" and r.placement in ("streamed", "streamed-fp8")
     )
     result = MemoryPlan(
-        name=_name_of(inputs, placements, requested),
+        name=name_of(inputs, placements, requested),
         gpu_bytes=budget,
         host_bytes_available=host_budget,
         rows=rows,
@@ -287,7 +257,13 @@ def plan_memory(
         refined_seconds=ev.refined_seconds,
         streamed_bytes_per_step=streamed,
         device=device,
+        pinned_streams=inputs.pinned,
     )
+    if not inputs.pinned:
+        result.notes.append(
+            f"{host_budget / GIB:.0f} GiB of host memory is too little to pin the streamed weights up front: "
+            "they are pinned block by block as they are copied (slower copies, priced at half the rate)"
+        )
     if requested == "auto" and set(placements.values()) != {"gpu"}:
         everything = {s.key: "gpu" for ss in inputs.sizes.values() for s in ss}
         resident_peak = _evaluate(inputs, everything, side).peak

@@ -6,8 +6,9 @@
 - ``gpu-fp8`` / ``streamed-fp8``: torchao float8 weight-only (e4m3, one scale per output channel,
   computed in the model's dtype) on the blocks' linear layers, LoRA layers excluded, so the adapters
   stay bf16 and switchable over the scaled FP8 base.
-- ``cpu-visit``: text encoders behind an accelerate hook (the pipelines send them back after
-  encoding); a VAE through diffusers' leaf-level group offloading (encode and decode each bring its
+- ``cpu-visit``: text encoders and transformers behind an accelerate hook, brought in whole when
+  they first run in a job and sent back after encoding / after the denoise loop (the pipelines call
+  the hook); a VAE through diffusers' leaf-level group offloading (encode and decode each bring its
   layers in and send them back).
 On a CPU both devices are the CPU: the same hooks run, which is how the tests exercise them.
 """
@@ -106,28 +107,40 @@ def _quantize_fp8(transformer, where: str) -> None:
     quantize_(transformer, Float8WeightOnlyConfig(), block_linear)
 
 
-def _stream_blocks(transformer, target: torch.device) -> None:
+def _stream_blocks(transformer, target: torch.device, pinned: bool) -> None:
     transformer.enable_group_offload(
         onload_device=target,
         offload_device=torch.device("cpu"),
         offload_type="block_level",
         num_blocks_per_group=1,
         use_stream=target.type == "cuda",
+        low_cpu_mem_usage=not pinned,
     )
 
 
-def apply_offloads(pipe, placements: dict[str, str], target: torch.device, where: str) -> None:
+def _visiting(module, target: torch.device):
+    """The accelerate hook that brings ``module`` to ``target`` on its first forward; the caller's
+    ``hook.offload()`` sends it back to CPU memory."""
+    from accelerate import cpu_offload_with_hook
+
+    module.to("cpu")
+    _, hook = cpu_offload_with_hook(module, execution_device=target)
+    return hook
+
+
+def apply_offloads(
+    pipe, placements: dict[str, str], target: torch.device, where: str, plan: MemoryPlan | None = None
+) -> None:
     """After the LoRAs are loaded: FP8 storage, streaming and visits, as the plan says."""
     transformer = placements.get("transformer", "gpu")
     if transformer in ("gpu-fp8", "streamed-fp8"):
         _quantize_fp8(pipe.transformer, where)
     if transformer in ("streamed", "streamed-fp8"):
-        _stream_blocks(pipe.transformer, target)
+        _stream_blocks(pipe.transformer, target, pinned=plan is None or plan.pinned_streams)
+    if transformer == "cpu-visit":
+        pipe.transformer_hook = _visiting(pipe.transformer, target)
     if placements.get("text_encoder") == "cpu-visit" and getattr(pipe, "text_encoder_hook", None) is None:
-        from accelerate import cpu_offload_with_hook
-
-        pipe.text_encoder.to("cpu")
-        _, pipe.text_encoder_hook = cpu_offload_with_hook(pipe.text_encoder, execution_device=target)
+        pipe.text_encoder_hook = _visiting(pipe.text_encoder, target)
     if placements.get("vae") == "cpu-visit":
         from diffusers.hooks import apply_group_offloading
 

@@ -30,6 +30,8 @@ FP8_BYTES = 1
 # Share of a card's peak bf16 rate the transformer's GEMMs sustain (whether a streamed block's copy
 # hides behind the previous block's compute depends on it).
 SUSTAINED_SHARE = 0.6
+# Host-to-device copies from pageable (not pinned) memory, as a share of the pinned rate.
+PAGEABLE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -142,12 +144,13 @@ def visiting_bytes(size: ComponentSize, placement: str, adapters: int) -> int:
     return 0
 
 
-def host_bytes(size: ComponentSize, placement: str, adapters: int) -> int:
-    """Host memory held for the component: streamed weights need a pinned copy and staging (~2x)."""
+def host_bytes(size: ComponentSize, placement: str, adapters: int, pinned: bool = True) -> int:
+    """Host memory held for the component: streamed weights need a pinned copy and staging (~2x);
+    pinned block by block as they are copied (``pinned=False``), about their own bytes."""
     if placement == "cpu-visit":
         return size.bytes + adapters
     if placement in ("streamed", "streamed-fp8"):
-        return 2 * (weight_bytes(size, placement) + adapters)
+        return (2 if pinned else 1) * (weight_bytes(size, placement) + adapters)
     return 0
 
 
@@ -160,6 +163,7 @@ def transfer_per_job(
     work: Workload,
     refiner: bool,
     device: DeviceProfile,
+    pinned: bool = True,
 ) -> tuple[int, float]:
     """(PCIe bytes, seconds added) of one job at ``side`` with one condition picture.
 
@@ -173,5 +177,7 @@ def transfer_per_job(
     if placement in ("streamed", "streamed-fp8"):
         per_step = weight_bytes(size, placement) + adapters
         compute = 2 * size.parameters * tokens(size, side, 1, work, refiner) / device.sustained_flops
-        return steps * per_step, steps * max(0.0, per_step / device.pcie_bytes_per_s - compute)
+        # copies from pageable memory run at about half the pinned rate
+        rate = device.pcie_bytes_per_s * (1.0 if pinned else PAGEABLE_SHARE)
+        return steps * per_step, steps * max(0.0, per_step / rate - compute)
     return 0, 0.0

@@ -55,6 +55,7 @@ class MemoryPlan:
     refined_seconds: float
     streamed_bytes_per_step: int
     device: DeviceProfile
+    pinned_streams: bool = True  # False: diffusers' low_cpu_mem_usage (pinned as copied)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -97,4 +98,5 @@ class MemoryPlan:
             "largest_side": self.largest_side,
             "placements": self.placements(),
             "lossy": self.lossy,
+            "pinned_streams": self.pinned_streams,
         }

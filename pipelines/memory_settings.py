@@ -20,8 +20,9 @@ MemoryPlanName = Literal[
 ]
 Placement = Literal["gpu", "gpu-fp8", "cpu-visit", "streamed", "streamed-fp8"]
 PLACEMENTS_BY_COMPONENT: dict[str, tuple[str, ...]] = {
-    # a transformer runs every step: it streams block by block rather than visiting whole
-    "transformer": ("gpu", "gpu-fp8", "streamed", "streamed-fp8"),
+    # a transformer runs every step: it streams block by block, or visits whole for one job's
+    # denoise loop (one copy each way per job, but room for all its weights while it runs)
+    "transformer": ("gpu", "gpu-fp8", "cpu-visit", "streamed", "streamed-fp8"),
     "text_encoder": ("gpu", "cpu-visit"),
     "vae": ("gpu", "cpu-visit"),
 }

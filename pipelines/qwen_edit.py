@@ -56,6 +56,8 @@ class RetouchQwenEditPipeline(QwenImageEditPlusPipeline):
     prompt_cache = None
     # set by the loader (performance.offload_text_encoder): sends the text encoder back to CPU memory
     text_encoder_hook = None
+    # set by the memory plan (pipelines/memory_apply.py) when the transformer visits per job
+    transformer_hook = None
 
     def _encode_cached(self, *, prompt, image, device, max_sequence_length):
         cache = self.prompt_cache
@@ -217,6 +219,8 @@ class RetouchQwenEditPipeline(QwenImageEditPlusPipeline):
             raise NonFiniteOutputError("the model produced NaN/Inf latents; no picture was returned")
         started = clock.mark("denoise", started)
 
+        if self.transformer_hook is not None:
+            self.transformer_hook.offload()  # the decode needs its room
         # 7. Decode
         decoded = self._decode(latents, height, width)
         if not torch.isfinite(decoded).all():

@@ -123,9 +123,15 @@ def test_host_memory_too_small_for_the_pinned_copies_is_refused(real):
     with pytest.raises(NoPlanFits, match="host memory"):
         plan_memory(real, 24, host_memory_gib=32)
     # with 64 GiB of host memory a 24 GiB card cannot stream, and the refusal says why
-    why = "plans that fit 24 GiB need 131 GiB of host memory, this machine has 64 GiB"
+    why = "plans that fit 24 GiB need 79 GiB of host memory even pinned block by block, this machine has 64"
     with pytest.raises(NoPlanFits, match=why):
         plan_memory(real, 24, host_memory_gib=64)
+    # with 100 GiB the weights cannot all be pinned up front (~2x), so they are pinned as they stream
+    tight = plan_memory(real, 24, host_memory_gib=100)
+    assert tight.placement("qwen-image-edit-2509", "transformer") == "streamed"
+    assert not tight.pinned_streams and tight.host_bytes_needed <= 100 * 2**30
+    assert any("pinned block by block" in note for note in tight.notes)
+    assert plan_memory(real, 24, host_memory_gib=HOST_GIB).pinned_streams
 
 
 def test_a_named_plan_that_does_not_fit_is_refused_not_replaced(real):
@@ -164,7 +170,7 @@ def test_memory_settings_in_weights_yaml_are_validated(configs_only, tmp_path):
     for bad, named in (
         ("memory: everything-on-gpu", "memory"),
         ("memory:\n  overrides:\n    qwen-image-edit-2509.vae: streamed", "qwen-image-edit-2509.vae"),
-        ("memory:\n  overrides:\n    z-image-turbo.transformer: cpu-visit", "not 'cpu-visit'"),
+        ("memory:\n  overrides:\n    z-image-turbo.text_encoder: streamed", "not 'streamed'"),
         ("memory:\n  overrides:\n    nope.transformer: gpu", "nope.transformer"),
         ("memory:\n  gpu_memory_gib: -3", "gpu_memory_gib"),
     ):

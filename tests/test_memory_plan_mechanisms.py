@@ -69,6 +69,23 @@ def test_lossless_plans_give_the_resident_pictures_bit_for_bit(streamed, engine,
     assert streamed.run(job_spec).images[0].sha256 == engine.run(job_spec).images[0].sha256
 
 
+def test_transformers_brought_in_per_job_give_the_resident_pictures_and_go_back(tiny_weights, engine):
+    """``cpu-visit`` transformers (``refiner-on-demand`` keeps the refiner this way): in CPU memory
+    between jobs, brought in whole for one job's denoise loop and sent back before the decode."""
+    memory = (
+        "memory:\n  plan: refiner-on-demand\n  overrides:\n    qwen-image-edit-tiny.transformer: cpu-visit"
+    )
+    visiting = EditEngine(with_memory(tiny_weights, "visiting", memory))
+    assert visiting.edit.memory_plan.placement("z-image-turbo-tiny", "transformer") == "cpu-visit"
+    sent_back = []
+    for role, pipe in (("edit", visiting.edit.pipe), ("refiner", visiting.refiner.pipe)):
+        hook = pipe.transformer_hook
+        hook.offload = lambda offload=hook.offload, role=role: (sent_back.append(role), offload())
+    job_spec = spec(**JOBS["lightning-8 + refine"])
+    assert visiting.run(job_spec).images[0].sha256 == engine.run(job_spec).images[0].sha256
+    assert sent_back == ["edit", "refiner"]
+
+
 def test_fp8_storage_is_close_to_full_precision_and_keeps_the_loras_switchable(tiny_weights, engine):
     # torchao comes with the fp8 extra (`pip install -e '.[fp8]'`), not with the test extra
     Float8Tensor = pytest.importorskip("torchao.quantization").Float8Tensor
