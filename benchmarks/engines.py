@@ -65,6 +65,8 @@ def full_engine(device: torch.device, lightning_steps: Iterable[int], refiner: b
     from pipelines.loader import LoadedEditModel, LoadedRefiner
 
     record = {} if record is None else record
+    # Seeded: a rebuild (the memory-plan cases) gets the same random weights, so pictures compare.
+    torch.manual_seed(0)
     registry = load_registry(report.ROOT / "weights.yaml")
     edit_name, entry = registry.model_for("edit_plus")
     notes = [

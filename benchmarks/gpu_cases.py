@@ -20,6 +20,7 @@ from benchmarks import engine_latency, report, server_overhead
 from benchmarks.engines import full_engine, install_probe, tiny_engine, with_stock
 from benchmarks.gpu_context import Case, Context, run_engine_case
 from benchmarks.gpu_environment import environment_info
+from benchmarks.gpu_memory_cases import MEMORY_CASES
 from benchmarks.gpu_speed_cases import (
     attention_backends,
     compile_estimate,
@@ -156,4 +157,6 @@ CASES: list[Case] = [
          fp8_estimate, fp8_fused),
     Case("server", "3 jobs via HTTP + queue + worker with the full-size engine: added latency per job",
          _server_estimate, server, needs_engine=False),
+    # each builds its own engine placed by a smaller card's plan (issue 14), so they come last
+    *MEMORY_CASES,
 ]  # fmt: skip

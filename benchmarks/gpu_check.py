@@ -36,6 +36,7 @@ import torch  # noqa: E402
 from benchmarks import engine_latency, flops, report, server_overhead  # noqa: E402
 from benchmarks.gpu_cases import CASES, Context  # noqa: E402
 from benchmarks.gpu_estimates import Estimator  # noqa: E402
+from benchmarks.gpu_memory_cases import memory_table  # noqa: E402
 
 JSON_NAME = "gpu_check.json"
 SECTION_NAME = "RESULTS-section.md"
@@ -126,6 +127,9 @@ def summary(cases: dict) -> str:
             engine_rows[f"attn {backend}"] = sub if "retouch" in sub else {"skipped": _status(sub)}
     if engine_rows:
         lines += ["", engine_latency.table(engine_rows)]
+    memory = memory_table(cases)
+    if memory:
+        lines += ["", "memory plans (smaller cards emulated with a memory fraction; Lightning-8):", memory]
     if "table" in cases.get("server", {}):
         lines += ["", "server (3 jobs through HTTP + queue + worker):", cases["server"]["table"]]
     build = cases.get("build", {})
@@ -167,6 +171,7 @@ def run_cases(run: Run, ctx: Context, names: list[str]) -> bool:
                     torch.cuda.empty_cache()
             rec["elapsed_s"] = time.monotonic() - t0
             run.current = None
+        ctx.results[case.name] = rec
         run.record(case.name, rec)
     return failed
 

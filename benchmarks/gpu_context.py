@@ -26,6 +26,7 @@ class Context:
     probe: object = None
     notes: list[str] = field(default_factory=list)
     layers: int | None = None  # full size truncated to N layers: a smoke test of that path, no figures
+    results: dict = field(default_factory=dict)  # each case's record once it ran, for later cases
 
     def left(self) -> float:
         return self.deadline - time.monotonic()

@@ -16,7 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(ROOT / "benchmarks" / "gpu_check.py")
 CASES = ["environment", "build", "lightning-8", "lightning-4", "cfg-40", "attention-backends",
-         "regional-compile", "refiner", "fp8-fused", "server"]  # fmt: skip
+         "regional-compile", "refiner", "fp8-fused", "server", "memory-80", "memory-48",
+         "memory-24"]  # fmt: skip
 
 
 def run_check(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -54,6 +55,12 @@ def test_dry_run_on_the_tiny_set_runs_every_case(tmp_path):
     jobs = cases["server"]["jobs"]
     assert len(jobs) == 3 and all(0 < job["engine"] < job["e2e"] for job in jobs)
     assert len(cases["server"]["added_per_job_s"]) == 3
+    # each emulated card runs its plan's hooks on a rebuilt engine; lossless plans are bit-identical
+    streamed = cases["memory-24"]["plan"]["placements"]["qwen-image-edit-tiny.transformer"]
+    assert streamed == "streamed" and cases["memory-80"]["plan"]["plan"] == "refiner-on-demand"
+    for gib in (80, 48, 24):
+        assert cases[f"memory-{gib}"]["lightning-8"]["psnr_vs_exact_db"] == float("inf")
+        assert cases[f"memory-{gib}"]["vs_resident"] > 0
     section = (tmp_path / "RESULTS-section.md").read_text()
     assert section.startswith("\n### gpu_check (TINY") and "stock/retouch" in section
     assert all(name in section for name in CASES)
