@@ -97,6 +97,8 @@ WORKER_KILLS = Counter(
     "Workers the supervisor killed, by reason (hung: heartbeat silent; job_timeout: past the hard limit)",
     ["reason"],
 )
+for _reason in ("hung", "job_timeout"):  # a 0 series before the first kill, so its panel has a line
+    WORKER_KILLS.labels(_reason)
 WEBHOOK_ATTEMPTS = Counter(
     "retouch_webhook_attempts",
     "Webhook delivery attempts, by result (delivered, failed = will retry, gave_up)",

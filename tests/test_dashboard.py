@@ -90,7 +90,10 @@ def exported(tiny_weights, tmp_path_factory) -> dict[str, tuple[str, str, set[st
         env.setenv("RETOUCH_API_KEYS", KEY)
         env.setenv("RETOUCH_WEBHOOK_BACKOFF_INITIAL_S", "0.2")
         env.setenv("RETOUCH_WEBHOOK_BACKOFF_MAX_S", "0.5")
-        server = ServeProcess(tiny_weights, data, _free_port())
+        # a plan for an 8 GiB card, so the memory-plan gauges are exported as on a GPU
+        weights = tiny_weights.parent / "weights-dashboard.yaml"
+        weights.write_text(tiny_weights.read_text() + "\nmemory:\n  gpu_memory_gib: 8\n")
+        server = ServeProcess(weights, data, _free_port())
     receiver = WebhookReceiver(fail_first=1)
     try:
         server.wait()
