@@ -138,17 +138,19 @@ class KeysFile:
         return secret, record
 
 
+def bearer_key(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value (any case of the scheme), else None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
 def presented_key(api_key: str | None) -> str | None:
     """The key a client sent: the contract's own header, else ``Authorization: Bearer``."""
     if api_key:
-        scheme, _, token = api_key.partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token.strip() else api_key
+        # The OpenAI contract passes its Authorization header whole; a bare key is taken as is.
+        return bearer_key(api_key) or api_key
     headers = request_headers.get() or {}
-    auth = headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return headers.get("x-api-key") or None
+    return bearer_key(headers.get("authorization")) or headers.get("x-api-key") or None
 
 
 class KeyRing:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 
+from ...auth import bearer_key
 from ...core import Core
 from ..common import route_class
 from .protocol import FashnErrorBody, FashnStatusResponse, RunRequest, RunResponse
@@ -14,11 +15,6 @@ from .service import FashnService, render_error
 _ERRORS: dict = {status: {"model": FashnErrorBody} for status in (400, 401, 404, 429, 500)}
 # FASHN answers bad input with 400 BadRequest, never 422: say so instead of FastAPI's default 422.
 _ERRORS["4XX"] = {"model": FashnErrorBody, "description": "Any other client error, sent as 400 BadRequest"}
-
-
-def bearer_key(authorization: str | None) -> str | None:
-    scheme, _, token = (authorization or "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def build_router(core: Core) -> APIRouter:
