@@ -24,8 +24,7 @@ import PIL.WebPImagePlugin  # noqa: F401  (registers WebP likewise)
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
 from .errors import EngineError, ImageDecodeError, ImageTooLargeError, InvalidInputError
-
-MIME_TYPES = {"webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png"}
+from .mime import MIME_TYPES  # re-exported: the engine and its tests read it from here
 
 # TIFF is common for print/CMYK assets. Phone MPO files open through the JPEG entry.
 _FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
