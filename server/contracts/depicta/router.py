@@ -8,9 +8,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from ...auth import bearer_key
 from ...core import Core
 from ...errors import ServiceError
-from ..common import read_upload, route_class
+from ...multipart import FormLimits, open_form, read_file, read_upload
+from ..common import route_class
 from ..json_body import parse_json_object
 from .protocol import (
     DepictaErrorBody,
@@ -25,11 +27,7 @@ from .service import DepictaService, render_error
 JOB_HEADER = "X-Depicta-Job-Id"
 _ERRORS = {status: {"model": DepictaErrorBody} for status in (401, 402, 404, 409, 413, 422, 429, 500, 503)}
 _FORM_FIELDS = ("prompt", "model", "aspect_ratio", "image_size", "strictness")
-
-
-def bearer_key(authorization: str | None) -> str | None:
-    scheme, _, token = (authorization or "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+_EDIT_FORM = FormLimits(max_files=1, max_fields=len(_FORM_FIELDS))
 
 
 def _inline(schema: dict) -> dict:
@@ -128,26 +126,13 @@ def build_router(core: Core) -> APIRouter:
     async def _form_request(request: Request, who: str) -> EditRequest:
         # The hosted docs' form: an `image` file plus the JSON fields as form fields.
         limit = core.settings.upload_max_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit + 64 * 1024:  # room for the multipart framing
-            raise ServiceError("FILE_TOO_LARGE", f"image is over the {limit} byte limit", field="image")
-        try:
-            form = await request.form(max_files=1, max_fields=len(_FORM_FIELDS))
-        except Exception:
-            raise ServiceError("INVALID_PARAMETERS", "the multipart body could not be parsed") from None
-        unknown = sorted(set(form) - {"image", *_FORM_FIELDS})
-        if unknown:
-            raise ServiceError("INVALID_PARAMETERS", f"{unknown[0]}: unknown field", field=unknown[0])
-        image = form.get("image")
-        if image is None or isinstance(image, str):
-            raise ServiceError(
-                "INVALID_PARAMETERS", "multipart field 'image' with a file is required", field="image"
-            )
-        data = await image.read()
-        if len(data) > limit:
-            raise ServiceError("FILE_TOO_LARGE", f"image is over the {limit} byte limit", field="image")
-        fields = {name: form[name] for name in _FORM_FIELDS if isinstance(form.get(name), str)}
-        uploaded = await run_in_threadpool(service.upload, data, image.filename, who)
+        async with open_form(request, _EDIT_FORM, field="image", max_bytes=limit) as form:
+            unknown = sorted(set(form) - {"image", *_FORM_FIELDS})
+            if unknown:
+                raise ServiceError("INVALID_PARAMETERS", f"{unknown[0]}: unknown field", field=unknown[0])
+            data, filename = await read_file(form, "image", limit)
+            fields = {name: form[name] for name in _FORM_FIELDS if isinstance(form.get(name), str)}
+        uploaded = await run_in_threadpool(service.upload, data, filename, who)
         return _validated({**fields, "input_image_url": uploaded.upload_url})
 
     @router.get("/v1/jobs", response_model=JobList, response_model_exclude_none=True)

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ...core import Core
-from ..common import read_upload, route_class
+from ...multipart import read_upload
+from ..common import route_class
 from .protocol import (
     EditRequest,
     ImagePipelineErrorBody,

@@ -13,12 +13,17 @@ from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from pipelines.mime import sniff_mime
+
 from ...errors import ServiceError
+from ...multipart import FormLimits, open_form
 from ..json_body import parse_json_object
 from .protocol import EditRequest, ImageRef
 
 IMAGE_FIELDS = ("image", "image[]")
-_MIME_BY_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"RIFF", "image/webp"))
+# Generous next to the job limits (pictures per job, the model's fields), which answer more
+# precisely; these only bound the parts a body may make the parser spool.
+_FORM_LIMITS = FormLimits(max_files=64, max_fields=64)
 
 
 def _invalid(message: str, param: str | None) -> ServiceError:
@@ -59,33 +64,27 @@ def _validation_error(exc: ValidationError) -> ServiceError:
 
 async def _data_url(upload: UploadFile) -> str:
     data = await upload.read()
-    mime = next((m for magic, m in _MIME_BY_MAGIC if data.startswith(magic)), None)
-    mime = mime or upload.content_type or "application/octet-stream"
+    mime = sniff_mime(data) or upload.content_type or "application/octet-stream"
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
 async def _from_multipart(request: Request) -> EditRequest:
-    try:
-        form = await request.form()
-    except ServiceError:  # e.g. the body grew over the request size limit while being read
-        raise
-    except Exception:
-        raise _invalid("the multipart body could not be parsed", None) from None
     fields: dict = {}
     images: list[ImageRef] = []
-    for key, value in form.multi_items():
-        if key in IMAGE_FIELDS:
-            if not isinstance(value, UploadFile):
-                raise _invalid(f"{key} must be a file", "image")
-            images.append(ImageRef(image_url=await _data_url(value)))
-        elif key == "mask":
-            fields["mask"] = await _data_url(value) if isinstance(value, UploadFile) else value
-        elif isinstance(value, UploadFile):
-            raise _invalid(f"Unrecognized file field supplied: {key}", key)
-        elif key in fields:
-            raise _invalid(f"{key} was sent more than once", key)
-        elif value != "":  # the client sends an explicit None as an empty field
-            fields[key] = value
+    async with open_form(request, _FORM_LIMITS, field="image") as form:
+        for key, value in form.multi_items():
+            if key in IMAGE_FIELDS:
+                if not isinstance(value, UploadFile):
+                    raise _invalid(f"{key} must be a file", "image")
+                images.append(ImageRef(image_url=await _data_url(value)))
+            elif key == "mask":
+                fields["mask"] = await _data_url(value) if isinstance(value, UploadFile) else value
+            elif isinstance(value, UploadFile):
+                raise _invalid(f"Unrecognized file field supplied: {key}", key)
+            elif key in fields:
+                raise _invalid(f"{key} was sent more than once", key)
+            elif value != "":  # the client sends an explicit None as an empty field
+                fields[key] = value
     if not images:
         raise _invalid("image is required: send one image file (or several as image[])", "image")
     if "images" in fields:
