@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import KeyRing, request_headers
 from .errors import ServiceError
+from .store.base import AdmissionState, QueueFull
 
 RATE_WINDOW_S = 60.0
 MAX_IDEMPOTENCY_KEY_CHARS = 255
@@ -39,7 +40,7 @@ def fingerprint(payload: dict) -> str:
 
 
 class Admission:
-    def __init__(self, settings, store, keys: KeyRing, balance, max_prompt_chars: int):
+    def __init__(self, settings, store: AdmissionState, keys: KeyRing, balance, max_prompt_chars: int):
         """``balance(owner) -> float | None``: what is left of the key's budget (None = no budget);
         ``max_prompt_chars`` comes from weights.yaml limits (checked again, later, by the engine)."""
         self.settings = settings
@@ -61,11 +62,20 @@ class Admission:
                 yield ticket
                 return
         try:
-            self._check_prompt(prompt)
-            record = self.keys.by_owner(owner)
-            self._check_budget_and_rate(owner, record)
-            with self._queue_slot(owner, record.concurrency if record else None):
-                yield ticket
+            try:
+                self._check_prompt(prompt)
+                record = self.keys.by_owner(owner)
+                self._check_budget_and_rate(owner, record)
+                with self._queue_slot(owner, record.concurrency if record else None):
+                    yield ticket
+            except QueueFull as full:
+                # The one place a full queue becomes an answer, whether this check or the store's
+                # insert (another pod took the room meanwhile) found it: Retry-After is the settings'.
+                raise ServiceError(
+                    "QUEUE_FULL",
+                    f"the queue is full ({full.queued} jobs waiting); retry later",
+                    retry_after_s=self.settings.queue_full_retry_after_s,
+                ) from None
         except BaseException:
             if idem_key is not None:
                 self.store.idempotency_abort(owner, idem_key)
@@ -133,11 +143,7 @@ class Admission:
                 )
             queued = self.store.queued_count()
             if queued + self._reserved >= self.settings.max_queued_jobs:
-                raise ServiceError(
-                    "QUEUE_FULL",
-                    f"the queue is full ({queued} jobs waiting); retry later",
-                    retry_after_s=self.settings.queue_full_retry_after_s,
-                )
+                raise QueueFull(queued)
             self._reserved += 1
             self._reserved_by[owner] += 1
         try:

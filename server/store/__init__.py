@@ -1,10 +1,45 @@
-"""The durable store behind the queue. ``JobStore`` is the interface; SQLite is the embedded default,
-Redis (redis_store.py) the shared store of a multi-pod deployment (docs/deploy.md)."""
+"""The durable store behind the queue. ``JobStore`` is the interface, the union of one Protocol per
+role (base.py: ``JobQueue``, ``Uploads``, ``Outbox``...); SQLite is the embedded default, Redis
+(redis_store.py) the shared store of a multi-pod deployment (docs/deploy.md)."""
 
-from .base import JobStore, Profile, Upload, WebhookDelivery
+from .base import (
+    AdmissionState,
+    Costs,
+    JobQueue,
+    JobStore,
+    Metrics,
+    Outbox,
+    Pods,
+    Profile,
+    Profiles,
+    QueueFull,
+    SharedStore,
+    Upload,
+    Uploads,
+    WebhookDelivery,
+    Workers,
+)
 from .sqlite import SQLiteStore
 
-__all__ = ["JobStore", "Profile", "SQLiteStore", "Upload", "WebhookDelivery", "open_store"]
+__all__ = [
+    "AdmissionState",
+    "Costs",
+    "JobQueue",
+    "JobStore",
+    "Metrics",
+    "Outbox",
+    "Pods",
+    "Profile",
+    "Profiles",
+    "QueueFull",
+    "SQLiteStore",
+    "SharedStore",
+    "Upload",
+    "Uploads",
+    "WebhookDelivery",
+    "Workers",
+    "open_store",
+]
 
 
 def open_store(settings, *, server_id: str | None = None, models: list[str] | None = None) -> JobStore:

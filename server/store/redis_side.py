@@ -82,6 +82,17 @@ class RedisSideTables:
             info["state"] = "stopped"
             self.r.hset(self.k("pods"), server_id, json.dumps(info))
 
+    # The pinned-job sweep (server/pods.py) reads a pod queue's waiting and running jobs.
+    def queued_jobs(self, queue: str) -> list[str]:
+        return self.r.zrange(self.k("queued", queue), 0, -1)
+
+    def processing_jobs(self, queue: str) -> list[str]:
+        ids = self.r.zrange(self.k("leases"), 0, -1)
+        return [i for i in ids if self.r.hget(self.k("job", i), "queue") == queue]
+
+    def queues(self) -> set[str]:
+        return set(self.r.smembers(self.k("queues")))
+
     # -- secrets -----------------------------------------------------------------------------
     def shared_secret(self, name: str, make) -> str:
         """One value for every pod: the first pod to ask stores it (SET NX), the others read it."""
