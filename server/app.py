@@ -21,6 +21,7 @@ from .errors import ServiceError
 from .files import FileStore
 from .limits import RequestGuard
 from .pods import PodAgent, build_servers_router
+from .secret_bootstrap import bootstrap_secrets
 from .settings import Settings
 from .store import open_store
 from .supervisor import Supervisor
@@ -39,7 +40,7 @@ def _plain_error(exc: ServiceError) -> JSONResponse:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    settings.ensure_secrets()
+    bootstrap_secrets(settings)
     registry = load_registry(settings.weights)
     weights_info = describe(registry, settings.weights)
     store = open_store(settings)  # Redis when RETOUCH_REDIS_URL is set (several pods), else SQLite

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -57,24 +56,6 @@ def held_models(registry) -> list[str]:
     return sorted(registry.models)
 
 
-def share_secrets(settings: Settings) -> None:
-    """Unset signing/webhook secrets come from Redis, so every pod signs and verifies alike."""
-    from .store.redis_store import RedisStore
-
-    store = RedisStore(settings.redis_url, prefix=settings.redis_prefix)
-    try:
-        if settings.signing_secret is None:
-            settings.signing_secret = store.shared_secret("signing", lambda: secrets.token_hex(32))
-        if settings.webhook_secret is None:
-            import base64
-
-            settings.webhook_secret = store.shared_secret(
-                "webhook", lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-            )
-    finally:
-        store.close()
-
-
 class PodAgent:
     """This pod's entry in the registry, kept fresh by a thread; also runs the pinned-job sweep."""
 
@@ -83,7 +64,8 @@ class PodAgent:
         self.store = store
         self.registry = registry
         self.supervisor = supervisor
-        self.shared = hasattr(store, "pod_heartbeat")  # only the Redis store is shared between pods
+        # Only a store other pods share has a pod registry (the Pods role); else this server is alone.
+        self.shared = store.shared
         self._gpus: list[dict] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="pod-heartbeat")

@@ -76,8 +76,9 @@ def serve_command(flags: dict, demo_if_missing: str | None = None) -> None:
     from . import http_limits, shutdown
     from .app import create_app
     from .logging_setup import configure_logging
+    from .secret_bootstrap import bootstrap_secrets
 
-    settings.ensure_secrets()  # before logging is set up, so every secret is known to the redactor
+    bootstrap_secrets(settings)  # before logging is set up, so every secret is known to the redactor
     configure_logging(settings, process_name="api")
     app = create_app(settings)
     log = logging.getLogger("retouch.serve")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import socket
 from pathlib import Path
 from typing import Literal
@@ -136,32 +135,3 @@ class Settings(BaseSettings):
     @property
     def files_root(self) -> Path:
         return self.files_dir or self.data_dir
-
-    def ensure_secrets(self) -> None:
-        """Create the data dir and fill unset secrets from files kept there (made on first run)."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self.redis_url and (self.signing_secret is None or self.webhook_secret is None):
-            from .pods import share_secrets  # several pods: one secret for all of them, kept in Redis
-
-            share_secrets(self)
-        if self.signing_secret is None:
-            self.signing_secret = _persisted(self.data_dir / "signing_secret", lambda: secrets.token_hex(32))
-        if self.webhook_secret is None:
-            self.webhook_secret = _persisted(
-                self.data_dir / "webhook_secret", lambda: "whsec_" + _b64(secrets.token_bytes(32))
-            )
-
-
-def _b64(raw: bytes) -> str:
-    import base64
-
-    return base64.b64encode(raw).decode()
-
-
-def _persisted(path: Path, make) -> str:
-    if path.is_file():
-        return path.read_text().strip()
-    value = make()
-    path.write_text(value + "\n")
-    path.chmod(0o600)
-    return value

@@ -84,7 +84,9 @@ def test_webhook_whose_outcome_cannot_be_stored_is_not_resent_every_poll(tmp_pat
             raise sqlite3.OperationalError(FULL)
 
     settings = make_settings(tmp_path)
-    settings.ensure_secrets()
+    from server.secret_bootstrap import bootstrap_secrets
+
+    bootstrap_secrets(settings)
     sender = WebhookSender(FullOutbox(), settings, lambda contract, record: {"id": record.id})
     caplog.set_level(logging.WARNING, logger="retouch.webhooks")
     sender.start()

@@ -34,7 +34,9 @@ def test_webhook_backoff_grows_with_jitter_and_a_cap(tmp_path):
     from server.webhooks import WebhookSender
 
     settings = make_settings(tmp_path, webhook_backoff_initial_s=1.0, webhook_backoff_max_s=30.0)
-    settings.ensure_secrets()
+    from server.secret_bootstrap import bootstrap_secrets
+
+    bootstrap_secrets(settings)
     sender = WebhookSender(None, settings, None)
     samples = {attempt: [sender.next_delay(attempt) for _ in range(50)] for attempt in range(1, 9)}
     means = [sum(v) / len(v) for v in samples.values()]
