@@ -48,7 +48,8 @@ def verify_command(weights: str, full: bool) -> None:
 
 
 def bundle_command(weights: str, out: str) -> None:
-    from .weights_manifest import bundle, verify
+    from .weights_bundle import bundle
+    from .weights_manifest import verify
 
     registry = _load(weights)
     # Verify here first so each problem gets its own line; bundle() refuses on its own as well.
@@ -63,7 +64,7 @@ def bundle_command(weights: str, out: str) -> None:
 
 
 def import_command(tar: str, dest: str) -> None:
-    from .weights_manifest import import_bundle
+    from .weights_bundle import import_bundle
 
     try:
         path = import_bundle(tar, dest)

@@ -10,7 +10,7 @@ root) is the folder its hub repository is mirrored into; the rest is the filenam
 is ``Qwen-Image-Edit-2509/x.safetensors`` of that repo, written under ``<root>/Qwen-Image-Lightning``.
 
 Only ``pull`` touches the network (through huggingface_hub); everything else works offline.
-``bundle`` and ``import_bundle`` live in ``weights_bundle`` and are importable from here too.
+``bundle`` and ``import_bundle`` live in ``weights_bundle``, which builds on this module.
 """
 
 from __future__ import annotations
@@ -324,12 +324,3 @@ def pull(registry: Registry, only: str | None = None, progress: bool = True) -> 
         if quiet:
             enable_progress_bars()
     return write_manifest(registry, only=only, commits=commits, progress=progress)
-
-
-def __getattr__(name: str):
-    # bundle/import live in weights_bundle (which imports this module); exposed here lazily.
-    if name in ("bundle", "import_bundle"):
-        from . import weights_bundle
-
-        return getattr(weights_bundle, name)
-    raise AttributeError(name)

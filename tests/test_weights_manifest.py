@@ -23,11 +23,10 @@ import pytest
 from pipelines import load_registry
 from pipelines import weights_manifest as wm
 from pipelines.cli_weights import import_command, verify_command
+from pipelines.weights_bundle import bundle, import_bundle
 from pipelines.weights_manifest import (
     HASH_CACHE_NAME,
     ManifestError,
-    bundle,
-    import_bundle,
     pull,
     verify,
     write_manifest,
