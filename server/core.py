@@ -216,7 +216,11 @@ class Core:
         try:
             spec = job.to_spec(self.files.root, image_bytes=pictures, preloaded=preloaded)
             warnings = check_spec(spec, self.registry)
-            planned_side = memory_report.largest_side(self.settings)
+            planned_side = (
+                self.pods.largest_side(meta.server_id)
+                if self.pods is not None
+                else memory_report.largest_side(self.settings)
+            )
             if planned_side is not None:
                 check_planned_side(spec, self.registry, sizes[0], planned_side)
             work = job_work(spec, self.registry, sizes, side_sizes)

@@ -129,6 +129,16 @@ class PodAgent:
             return [{**self.info(), "age_s": 0.0}]
         return [p for p in self.store.pods() if self.is_live(p)]
 
+    def largest_side(self, server_id: str | None = None) -> int | None:
+        """The largest output side the memory plans of the GPU pods that may run a job fit: the
+        pinned pod's, else the smallest over every live pod (any of them may claim it). API pods
+        read it from the pod records, so they refuse oversize jobs as worker pods do."""
+        pods = [p for p in self.live_pods() if p.get("role") != "api"]
+        if server_id is not None:
+            pods = [p for p in pods if p["server_id"] == server_id]
+        sides = [plan["largest_side"] for p in pods for plan in p.get("memory_plans") or ()]
+        return min(sides) if sides else None
+
     def check_server_id(self, server_id: str | None) -> None:
         """Refuse at once a job pinned to a pod that does not exist, is dead, or runs no workers."""
         if server_id is None:

@@ -11,7 +11,8 @@ import time
 import httpx
 import pytest
 
-from tests.server_harness import ServeProcess, free_port, png_bytes
+from tests.redis_server import delete_prefix, redis_url, unique_prefix  # noqa: F401 (fixture)
+from tests.server_harness import AsgiServer, ServeProcess, free_port, make_settings, png_bytes
 
 # 2 GiB: a card the tiny set fits only below 1024px (the text encoder's 1 GiB and the CUDA context
 # come first), so the worker plans for a smaller side than the limits' 2048.
@@ -72,3 +73,45 @@ def test_a_job_larger_than_the_plan_fits_is_refused_at_submission(server):
         assert time.monotonic() < deadline, status
         time.sleep(0.2)
     assert status["status"] == "completed", status
+
+
+def test_an_api_pod_on_redis_refuses_what_the_worker_pods_plans_do_not_fit(
+    redis_url,  # noqa: F811
+    tmp_path,
+):
+    """Scale-out: the API pod has no worker and no plan of its own; the GPU pods' plans reach it in
+    their pod records, and a pinned job is held to its pod's plan. OpenAI answers in its own 400."""
+    from server.store.redis_store import RedisStore
+
+    prefix = unique_prefix()
+    settings = make_settings(tmp_path, role="api", workers=0, redis_url=redis_url, redis_prefix=prefix)
+    store = RedisStore(redis_url, prefix=prefix)
+    for server_id, side in (("gpu-small", 256), ("gpu-big", 512)):
+        plan = {"worker": f"{server_id}-w0", "plan": "low-memory", "largest_side": side}
+        store.pod_heartbeat(
+            {"server_id": server_id, "role": "worker", "state": "running", "workers_alive": 1}
+            | {"memory_plans": [plan]}
+        )
+    api = AsgiServer(settings)
+    picture = "data:image/png;base64," + base64.b64encode(png_bytes(96, 64)).decode()
+    try:
+        body = {"prompt": "make it warmer", "input_image": picture, "width": 384, "height": 256}
+        refused = api.post("/edit/image/v1", json=body)
+        assert refused.status_code == 422, refused.text
+        assert "fits outputs up to 256px" in refused.json()["message"]
+        pinned = api.post("/edit/image/v1", json=body | {"server_id": "gpu-big"})
+        assert pinned.status_code == 200, pinned.text
+        small = api.post("/edit/image/v1", json=body | {"width": 256, "height": 192})
+        assert small.status_code == 200, small.text
+
+        openai = api.post(
+            "/v1/images/edits",
+            json={"prompt": "make it warmer", "images": [{"image_url": picture}], "size": "384x256"},
+        )
+        assert openai.status_code == 400, openai.text
+        error = openai.json()["error"]
+        assert error["type"] == "invalid_request_error" and "up to 256px" in error["message"]
+    finally:
+        api.close()
+        store.close()
+        delete_prefix(redis_url, prefix)
