@@ -17,10 +17,11 @@ from .errors import (
     UnsupportedFeatureError,
 )
 from .registry import Registry, load_registry, require_files
-from .spec import EditResult, EditSpec, OutputImage, ProgressCallback, ReferenceImage
+from .spec import EditParams, EditResult, EditSpec, OutputImage, ProgressCallback, ReferenceImage
 
 __all__ = [
     "EditEngine",
+    "EditParams",
     "EditResult",
     "EditSpec",
     "EngineError",

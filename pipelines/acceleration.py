@@ -136,10 +136,17 @@ def warm_up(engine) -> list[str]:
     for width, height in perf.warmup_sizes:
         picture = encode_image(Image.new("RGB", (width, height), (128, 128, 128)), "png")
         for steps in modes:
-            spec = EditSpec(prompt="warm up", images=[picture], width=width, height=height, seed=0)
-            spec.lightning_steps = steps
-            spec.num_inference_steps = None if steps else 2
-            engine.run(spec)
+            engine.run(
+                EditSpec(
+                    prompt="warm up",
+                    images=[picture],
+                    width=width,
+                    height=height,
+                    seed=0,
+                    lightning_steps=steps,
+                    num_inference_steps=None if steps else 2,
+                )
+            )
             done.append(f"{width}x{height} {'lightning-' + str(steps) if steps else 'full'}")
     log.info("warm-up done: %s", ", ".join(done))
     return done

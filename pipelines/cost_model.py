@@ -19,7 +19,7 @@ from pathlib import Path
 from . import flops
 from .registry import Registry
 from .sizing import job_sizes
-from .spec import EditSpec
+from .spec import EditParams
 
 WORK_FEATURES = ("pictures", "forwards", "edit_tflops", "refine_tflops", "megapixels")
 # The model edits at multiples of its VAE factor (8) times the transformer patch (2).
@@ -44,12 +44,14 @@ def _model_folder(registry: Registry, role: str) -> tuple[str | None, object | N
 
 
 def job_work(
-    spec: EditSpec,
+    spec: EditParams,
     registry: Registry,
     image_sizes: list[tuple[int, int]],
     reference_sizes: list[tuple[int, int]] = (),
+    *,
+    masked: bool = False,
 ) -> dict[str, float]:
-    """The units of work of ``spec`` (WORK_FEATURES), given the sizes of its decoded pictures."""
+    """The units of work of a job (WORK_FEATURES), given the sizes of its decoded pictures."""
     folder, entry = _model_folder(registry, "edit_plus")
     if entry is None:
         folder, entry = _model_folder(registry, "edit")
@@ -57,7 +59,7 @@ def job_work(
         return {}
     edit, final, upscaled = job_sizes(
         image_sizes[0], width=spec.width, height=spec.height, aspect_ratio=spec.aspect_ratio,
-        resolution=spec.resolution, masked=spec.mask is not None, limits=registry.limits,
+        resolution=spec.resolution, masked=masked, limits=registry.limits,
         resolutions=registry.resolutions, multiple=SIZE_MULTIPLE,
     )  # fmt: skip
     steps, guidance = _steps_and_guidance(spec, registry, entry)
@@ -81,7 +83,7 @@ def job_work(
     }
 
 
-def _steps_and_guidance(spec: EditSpec, registry: Registry, entry) -> tuple[int, float]:
+def _steps_and_guidance(spec: EditParams, registry: Registry, entry) -> tuple[int, float]:
     """What the engine's plan runs (pipelines/engine.py ``_plan``)."""
     if spec.lightning_steps is not None:
         lora = entry.loras.get(registry.lightning_lora(spec.lightning_steps) or "")
@@ -94,7 +96,7 @@ def _steps_and_guidance(spec: EditSpec, registry: Registry, entry) -> tuple[int,
 
 
 def _refine_flops(
-    spec: EditSpec, registry: Registry, final: tuple[int, int], upscaled: bool, text_tokens: int
+    spec: EditParams, registry: Registry, final: tuple[int, int], upscaled: bool, text_tokens: int
 ) -> float:
     strength = spec.refine_strength
     if upscaled:

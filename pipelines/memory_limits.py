@@ -10,13 +10,13 @@ from __future__ import annotations
 from .errors import InvalidInputError
 from .registry import Registry
 from .sizing import job_sizes
-from .spec import EditSpec
+from .spec import EditParams
 
 SIZE_MULTIPLE = 16
 
 
 def check_planned_side(
-    spec: EditSpec, registry: Registry, source: tuple[int, int], largest_side: int
+    spec: EditParams, registry: Registry, source: tuple[int, int], largest_side: int, *, masked: bool = False
 ) -> None:
     """InvalidInputError naming the largest side when the GPU would run this job at a larger one."""
     edit, final, upscaled = job_sizes(
@@ -25,7 +25,7 @@ def check_planned_side(
         height=spec.height,
         aspect_ratio=spec.aspect_ratio,
         resolution=spec.resolution,
-        masked=spec.mask is not None,
+        masked=masked,
         limits=registry.limits,
         resolutions=registry.resolutions,
         multiple=SIZE_MULTIPLE,

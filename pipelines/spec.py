@@ -1,14 +1,15 @@
 """What the engine is asked to do (``EditSpec``) and what it gives back (``EditResult``).
 
 Both are plain dataclasses, independent of any HTTP contract: every contract translates its
-request into an ``EditSpec``. Input pictures travel as encoded bytes so that the engine, not
-the caller, decodes them safely (pixel cap, EXIF orientation, mode conversion).
+request into ``EditParams``, and the worker adds the pictures to make the ``EditSpec``. Input
+pictures travel as encoded bytes so that the engine, not the caller, decodes them safely (pixel
+cap, EXIF orientation, mode conversion).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 OutputFormat = Literal["webp", "jpeg", "png"]
@@ -28,14 +29,15 @@ class ReferenceImage:
     description: str | None = None
 
 
-@dataclass
-class EditSpec:
+@dataclass(frozen=True, kw_only=True)
+class EditParams:
+    """Every knob of one edit, and nothing else: what a contract builds from its request, what the
+    queue stores with the job (server/jobs.py) and, with the pictures, what the engine runs
+    (``EditSpec``). One type, so a misspelt knob fails where it is written, not at run time.
+    Bounds are checked by ``pipelines.validation.check_params`` (they depend on weights.yaml)."""
+
     prompt: str
-    images: list[bytes]
     negative_prompt: str | None = None
-    references: list[ReferenceImage] = field(default_factory=list)
-    # white = edit, black = keep; same size as images[0]
-    mask: bytes | None = None
     mask_feather_px: int = 8
     # None = full model; 4 or 8 = the Lightning LoRA with that many steps
     lightning_steps: int | None = 8
@@ -62,6 +64,30 @@ class EditSpec:
     enhance_prompt: bool = False
     # previews per output picture at evenly spaced denoise steps, sent to run()'s on_preview
     partial_images: int = 0
+
+    def with_pictures(
+        self, images: list[bytes], references: list[ReferenceImage] = (), mask: bytes | None = None
+    ) -> EditSpec:
+        return EditSpec(
+            **{f.name: getattr(self, f.name) for f in fields(EditParams)},
+            images=list(images),
+            references=list(references),
+            mask=mask,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EditSpec(EditParams):
+    """The params plus the pictures as encoded bytes."""
+
+    images: list[bytes]
+    references: list[ReferenceImage] = field(default_factory=list)
+    # white = edit, black = keep; same size as images[0]
+    mask: bytes | None = None
+
+    @property
+    def params(self) -> EditParams:
+        return EditParams(**{f.name: getattr(self, f.name) for f in fields(EditParams)})
 
 
 @dataclass

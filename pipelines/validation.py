@@ -1,4 +1,5 @@
-"""``check_spec``: every rule an ``EditSpec`` must meet, checked without touching the GPU.
+"""``check_spec``: every rule an ``EditSpec`` must meet, checked without touching the GPU:
+``check_params`` over the knobs and ``check_counts`` over the pictures.
 
 Pure Python (no torch), so the API process validates a job once, before it is queued, with the
 same rules the engine applies. Errors name the field and the bad value.
@@ -10,7 +11,7 @@ from .errors import InvalidInputError, UnsupportedFeatureError
 from .postprocess import palette_prompt
 from .registry import Registry
 from .sizing import parse_aspect_ratio
-from .spec import EditSpec
+from .spec import EditParams, EditSpec
 
 MAX_SEED = 2**32 - 1
 FORMATS = ("webp", "jpeg", "png")
@@ -23,88 +24,100 @@ def _range(name: str, value, lo, hi) -> None:
 
 def check_spec(spec: EditSpec, registry: Registry) -> list[str]:
     """Raise ``InvalidInputError`` for a job that cannot run; return warnings for one that can."""
+    warnings = check_counts(spec, len(spec.images), len(spec.references), registry)
+    return check_params(spec, registry, masked=spec.mask is not None) + warnings
+
+
+def check_counts(params: EditParams, images: int, references: int, registry: Registry) -> list[str]:
+    """How many pictures a job may carry (the API counts them before it decodes any), and the
+    warnings for knobs the count makes moot."""
     limits = registry.limits
-    warnings: list[str] = []
-    if not isinstance(spec.prompt, str) or not spec.prompt.strip():
-        raise InvalidInputError("prompt is required and must not be empty", field="prompt")
-    if len(spec.prompt) > limits.max_prompt_chars:
-        raise InvalidInputError(
-            f"prompt is {len(spec.prompt)} characters, over the limit of {limits.max_prompt_chars}",
-            field="prompt",
-        )
-    if not spec.images:
+    if not images:
         raise InvalidInputError("at least one input image is required", field="images")
-    if len(spec.images) > limits.max_images_per_job:
+    if images > limits.max_images_per_job:
         raise InvalidInputError(
-            f"{len(spec.images)} input images given, at most {limits.max_images_per_job} are allowed",
-            field="images",
+            f"{images} input images given, at most {limits.max_images_per_job} are allowed", field="images"
         )
-    if len(spec.references) > limits.max_references:
+    if references > limits.max_references:
         raise InvalidInputError(
-            f"{len(spec.references)} reference images given, at most {limits.max_references} are allowed",
+            f"{references} reference images given, at most {limits.max_references} are allowed",
             field="references",
         )
-    if len(spec.images) + len(spec.references) > limits.max_images_per_job + limits.max_references:
-        raise InvalidInputError("too many pictures in one job", field="images")
-    _range("num_images", spec.num_images, 1, limits.max_num_images)
-    _range("num_inference_steps", spec.num_inference_steps, 1, 100)
-    _range("guidance_scale", spec.guidance_scale, 0, 20)
-    _range("cfg_norm_strength", spec.cfg_norm_strength, 0, 1)
-    _range("refine_strength", spec.refine_strength, 0, 1)
-    _range("tone_correction", spec.tone_correction, 0, 1)
-    _range("product_saturation", spec.product_saturation, 0, 2)
-    _range("mask_feather_px", spec.mask_feather_px, 0, 64)
-    _range("output_quality", spec.output_quality, 1, 100)
-    if spec.seed != -1:
-        _range("seed", spec.seed, 0, MAX_SEED)
-    if spec.output_format not in FORMATS:
+    if params.product_saturation is not None and params.product_saturation != 1 and images < 2:
+        return ["product_saturation ignored: it applies to image 2 and only one image was given"]
+    return []
+
+
+def check_params(params: EditParams, registry: Registry, *, masked: bool = False) -> list[str]:
+    """Every rule on the knobs of a job (weights.yaml's limits, LoRAs, modes, refiner); the
+    warnings for knobs that will not apply. ``masked``: the job carries a mask."""
+    limits = registry.limits
+    warnings: list[str] = []
+    if not isinstance(params.prompt, str) or not params.prompt.strip():
+        raise InvalidInputError("prompt is required and must not be empty", field="prompt")
+    if len(params.prompt) > limits.max_prompt_chars:
         raise InvalidInputError(
-            f"output_format must be one of {', '.join(FORMATS)}, got {spec.output_format!r}",
+            f"prompt is {len(params.prompt)} characters, over the limit of {limits.max_prompt_chars}",
+            field="prompt",
+        )
+    _range("num_images", params.num_images, 1, limits.max_num_images)
+    _range("num_inference_steps", params.num_inference_steps, 1, 100)
+    _range("guidance_scale", params.guidance_scale, 0, 20)
+    _range("cfg_norm_strength", params.cfg_norm_strength, 0, 1)
+    _range("refine_strength", params.refine_strength, 0, 1)
+    _range("tone_correction", params.tone_correction, 0, 1)
+    _range("product_saturation", params.product_saturation, 0, 2)
+    _range("mask_feather_px", params.mask_feather_px, 0, 64)
+    _range("output_quality", params.output_quality, 1, 100)
+    _range("partial_images", params.partial_images, 0, 3)
+    if params.seed != -1:
+        _range("seed", params.seed, 0, MAX_SEED)
+    if params.output_format not in FORMATS:
+        raise InvalidInputError(
+            f"output_format must be one of {', '.join(FORMATS)}, got {params.output_format!r}",
             field="output_format",
         )
-    if spec.resolution is not None and spec.resolution not in ("1k", "2k", "4k"):
+    if params.resolution is not None and params.resolution not in ("1k", "2k", "4k"):
         raise InvalidInputError(
-            f"resolution must be 1k, 2k or 4k, got {spec.resolution!r}", field="resolution"
+            f"resolution must be 1k, 2k or 4k, got {params.resolution!r}", field="resolution"
         )
     for name in ("width", "height"):
-        _range(name, getattr(spec, name), 1, limits.max_output_side)
-    if spec.aspect_ratio is not None:
-        parse_aspect_ratio(spec.aspect_ratio)
-    if spec.palette:
-        palette_prompt(spec.palette)
+        _range(name, getattr(params, name), 1, limits.max_output_side)
+    if params.aspect_ratio is not None:
+        parse_aspect_ratio(params.aspect_ratio)
+    if params.palette:
+        palette_prompt(params.palette)
 
-    if spec.lightning_steps is not None:
-        if registry.lightning_lora(spec.lightning_steps) is None:
+    if params.lightning_steps is not None:
+        if registry.lightning_lora(params.lightning_steps) is None:
             raise UnsupportedFeatureError(
-                f"no Lightning LoRA for {spec.lightning_steps} steps is declared in weights.yaml",
+                f"no Lightning LoRA for {params.lightning_steps} steps is declared in weights.yaml",
                 field="lightning_steps",
             )
-        if spec.num_inference_steps is not None and spec.num_inference_steps != spec.lightning_steps:
+        if params.num_inference_steps is not None and params.num_inference_steps != params.lightning_steps:
             warnings.append(
-                f"num_inference_steps={spec.num_inference_steps} ignored: Lightning runs "
-                f"{spec.lightning_steps} steps (turn fast mode off for the full model)"
+                f"num_inference_steps={params.num_inference_steps} ignored: Lightning runs "
+                f"{params.lightning_steps} steps (turn fast mode off for the full model)"
             )
-        if spec.guidance_scale is not None:
+        if params.guidance_scale is not None:
             warnings.append("guidance_scale ignored: Lightning is distilled and runs without CFG")
-        if spec.negative_prompt:
+        if params.negative_prompt:
             warnings.append("negative_prompt ignored: Lightning runs without CFG")
-    if spec.mode is not None and spec.mode not in registry.modes:
+    if params.mode is not None and params.mode not in registry.modes:
         raise UnsupportedFeatureError(
-            f"mode {spec.mode!r} is not available (have: {', '.join(sorted(registry.modes)) or 'none'})",
+            f"mode {params.mode!r} is not available (have: {', '.join(sorted(registry.modes)) or 'none'})",
             field="mode",
         )
-    _check_fused_lora(spec, registry)
-    needs_refiner = spec.refine_strength > 0 or spec.resolution in ("2k", "4k")
+    _check_fused_lora(params, registry)
+    needs_refiner = params.refine_strength > 0 or params.resolution in ("2k", "4k")
     if needs_refiner and registry.model_for("refiner") is None:
         raise UnsupportedFeatureError("no refiner model is declared in weights.yaml", field="refine_strength")
-    if spec.product_saturation is not None and spec.product_saturation != 1 and len(spec.images) < 2:
-        warnings.append("product_saturation ignored: it applies to image 2 and only one image was given")
-    if spec.mask is not None and (spec.width or spec.height or spec.aspect_ratio):
+    if masked and (params.width or params.height or params.aspect_ratio):
         warnings.append("output size ignored: a masked edit keeps the input's size")
     return warnings
 
 
-def _check_fused_lora(spec: EditSpec, registry: Registry) -> None:
+def _check_fused_lora(spec: EditParams, registry: Registry) -> None:
     """A model with a LoRA baked into fp8 weights serves exactly that LoRA (weights.yaml decides)."""
     found = registry.model_for("edit_plus") or registry.model_for("edit")
     fused = found[1].performance.fuse_lora if found else None

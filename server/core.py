@@ -6,6 +6,7 @@ never touch the store or the files directly, so new contracts plug in without ch
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -14,14 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import ValidationError
-
 from pipelines.cost_model import job_work
 from pipelines.errors import EngineError
 from pipelines.images import decode_image, decode_mask
 from pipelines.memory_limits import check_planned_side
 from pipelines.registry import Registry
-from pipelines.validation import check_spec
+from pipelines.spec import EditParams
+from pipelines.validation import check_counts, check_params
 
 from . import memory_report, signing
 from .accounting import Accounting
@@ -134,15 +134,13 @@ class Core:
         return relative
 
     # -- jobs --------------------------------------------------------------------------------
-    def submit(
-        self, params: dict[str, Any], image_urls: list[str], meta: JobMeta, **inputs: Any
-    ) -> JobRecord:
+    def submit(self, params: EditParams, image_urls: list[str], meta: JobMeta, **inputs: Any) -> JobRecord:
         """Admit (server/limits.py: Idempotency-Key, caps, key limits, a reserved queue slot), then
         validate and queue; nothing is fetched or decoded before the slot is reserved."""
-        body = {"params": params, "images": image_urls, "inputs": inputs, "contract": meta.contract}
-        body |= {"callback_url": meta.callback_url, "profile_id": meta.profile_id}
+        body = {"params": dataclasses.asdict(params), "images": image_urls, "contract": meta.contract}
+        body |= {"inputs": inputs, "callback_url": meta.callback_url, "profile_id": meta.profile_id}
         self.storage.check()  # before admission: an Idempotency-Key record is a write too
-        with self.admission.admit(meta.owner, str(params.get("prompt") or ""), body) as ticket:
+        with self.admission.admit(meta.owner, params.prompt or "", body) as ticket:
             if ticket.existing_job_id is not None:
                 return self.get_job(ticket.existing_job_id, meta.owner)
             record = self._submit_admitted(params, image_urls, meta, **inputs)
@@ -151,7 +149,7 @@ class Core:
 
     def _submit_admitted(
         self,
-        params: dict[str, Any],
+        params: EditParams,
         image_urls: list[str],
         meta: JobMeta,
         *,
@@ -159,19 +157,21 @@ class Core:
         references: Sequence[NamedInput] = (),
         mask: NamedInput | None = None,
     ) -> JobRecord:
-        """Validate a job once (fields, pictures, registry rules), store its inputs, queue it.
+        """Validate a job once (params, then the pictures), store its inputs, queue it; the worker
+        trusts this and re-checks only what needs the decoded pictures.
 
         ``references`` are context pictures with optional descriptions; ``mask`` (white = edit)
         must have the size of the first image."""
         if not image_urls:
             raise ServiceError("INVALID_PARAMETERS", f"{image_field} is required", field=image_field)
-        limit = self.registry.limits.max_images_per_job
-        if len(image_urls) > limit:
-            raise ServiceError(
-                "INVALID_PARAMETERS",
-                f"{image_field} has {len(image_urls)} images, at most {limit}",
-                field=image_field,
-            )
+        try:  # before anything is fetched: counts and knobs need no picture
+            warnings = check_counts(params, len(image_urls), len(references), self.registry)
+            warnings = check_params(params, self.registry, masked=mask is not None) + warnings
+        except EngineError as exc:
+            if exc.field != "images":
+                raise ServiceError.from_engine(exc) from None
+            # The engine's generic "images" is the contract's own field to its client.
+            raise ServiceError(exc.code, f"{image_field}: {exc.message}", field=image_field) from None
         names = [
             image_field if len(image_urls) == 1 else f"{image_field}[{i}]" for i in range(len(image_urls))
         ]
@@ -199,31 +199,25 @@ class Core:
         preloaded = {f"inputs/{job_id}/ref{i}": data for i, (_, data) in enumerate(side)}
         if mask_bytes is not None:
             preloaded[f"inputs/{job_id}/mask"] = mask_bytes
+        job = EditJob(
+            params=params,
+            images=refs,
+            references=[
+                InputRef(path=f"inputs/{job_id}/ref{i}", description=r.description)
+                for i, (r, _) in enumerate(side)
+            ],
+            mask=InputRef(path=f"inputs/{job_id}/mask") if mask_bytes is not None else None,
+        )
+        masked = mask_bytes is not None
         try:
-            job = EditJob(
-                images=refs,
-                references=[
-                    InputRef(path=f"inputs/{job_id}/ref{i}", description=r.description)
-                    for i, (r, _) in enumerate(side)
-                ],
-                mask=InputRef(path=f"inputs/{job_id}/mask") if mask_bytes is not None else None,
-                **params,
-            )
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "body"
-            raise ServiceError("INVALID_PARAMETERS", f"{field}: {err['msg']}", field=field) from None
-        try:
-            spec = job.to_spec(self.files.root, image_bytes=pictures, preloaded=preloaded)
-            warnings = check_spec(spec, self.registry)
             planned_side = (
                 self.pods.largest_side(meta.server_id)
                 if self.pods is not None
                 else memory_report.largest_side(self.settings)
             )
             if planned_side is not None:
-                check_planned_side(spec, self.registry, sizes[0], planned_side)
-            work = job_work(spec, self.registry, sizes, side_sizes)
+                check_planned_side(params, self.registry, sizes[0], planned_side, masked=masked)
+            work = job_work(params, self.registry, sizes, side_sizes, masked=masked)
         except EngineError as exc:
             raise ServiceError.from_engine(exc) from None
         meta = meta.model_copy(

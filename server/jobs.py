@@ -11,9 +11,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines.spec import EditSpec, ReferenceImage
+from pipelines.spec import EditParams, EditSpec, ReferenceImage
 
 
 class JobStatus(StrEnum):
@@ -35,67 +35,48 @@ class InputRef(BaseModel):
 
 
 class EditJob(BaseModel):
+    """The queued job: its ``EditParams`` (the one parameter type, validated once at the API) and
+    references to its pictures, already stored under the data dir."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prompt: str
+    params: EditParams
     images: list[InputRef] = Field(min_length=1)
     references: list[InputRef] = Field(default_factory=list)
     mask: InputRef | None = None
-    negative_prompt: str | None = None
-    mask_feather_px: int = 8
-    lightning_steps: int | None = 8
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    cfg_norm_strength: float = 1.0
-    refine_strength: float = 0.0
-    resolution: Literal["1k", "2k", "4k"] | None = None
-    width: int | None = None
-    height: int | None = None
-    aspect_ratio: str | None = None
-    num_images: int = 1
-    seed: int = -1
-    output_format: Literal["webp", "jpeg", "png"] = "webp"
-    output_quality: int = 90
-    product_saturation: float | None = None
-    tone_correction: float = 0.0
-    palette: list[str] = Field(default_factory=list)
-    has_text: bool = False
-    has_product: bool = False
-    mode: str | None = None
-    enhance_prompt: bool = False
-    # previews per picture the worker writes under previews/{job_id}/ (streamed by the OpenAI contract)
-    partial_images: int = Field(default=0, ge=0, le=3)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_rows(cls, data):
+        # Rows queued before params had a type of their own held the knobs beside the pictures.
+        if isinstance(data, dict) and "params" not in data:
+            pictures = {k: data[k] for k in ("images", "references", "mask") if k in data}
+            return {**pictures, "params": {k: v for k, v in data.items() if k not in pictures}}
+        return data
 
     def kind(self) -> str:
         """Jobs of one kind take about as long as each other; ETAs are averaged per kind."""
-        speed = f"lightning{self.lightning_steps}" if self.lightning_steps else "full"
-        refine = "+refine" if self.refine_strength > 0 or self.resolution in ("2k", "4k") else ""
-        return f"edit/{speed}{refine}/x{self.num_images}"
+        p = self.params
+        speed = f"lightning{p.lightning_steps}" if p.lightning_steps else "full"
+        refine = "+refine" if p.refine_strength > 0 or p.resolution in ("2k", "4k") else ""
+        return f"edit/{speed}{refine}/x{p.num_images}"
 
     def prompt_hash(self) -> str:
-        return hashlib.sha256(self.prompt.encode()).hexdigest()
+        return hashlib.sha256(self.params.prompt.encode()).hexdigest()
 
-    def to_spec(
-        self,
-        data_dir: Path,
-        *,
-        image_bytes: list[bytes] | None = None,
-        preloaded: dict[str, bytes] | None = None,
-    ) -> EditSpec:
-        """The engine's view of the job; reads the input files unless their bytes are given
-        (``preloaded``: relative path -> bytes, for references and masks not yet written)."""
+    def to_spec(self, data_dir: Path, *, preloaded: dict[str, bytes] | None = None) -> EditSpec:
+        """The engine's view of the job: the params plus the pictures read from the data dir
+        (``preloaded``: relative path -> bytes not written yet)."""
 
         def read(ref: InputRef) -> bytes:
             if preloaded and ref.path in preloaded:
                 return preloaded[ref.path]
             return (data_dir / ref.path).read_bytes()
 
-        fields = self.model_dump(exclude={"images", "references", "mask"})
-        return EditSpec(
-            images=image_bytes if image_bytes is not None else [read(r) for r in self.images],
-            references=[ReferenceImage(read(r), r.description) for r in self.references],
-            mask=read(self.mask) if self.mask else None,
-            **fields,
+        return self.params.with_pictures(
+            [read(r) for r in self.images],
+            [ReferenceImage(read(r), r.description) for r in self.references],
+            read(self.mask) if self.mask else None,
         )
 
 

@@ -116,7 +116,7 @@ def test_depicta_upload_then_synchronous_edit(server):
     assert body["image_hash"] == body["formats"]["png"]["hash"]
 
     record = server.app.state.core.store.get_job(body["id"])
-    assert record.job.resolution == "2k" and record.job.aspect_ratio == "16:9"
+    assert record.job.params.resolution == "2k" and record.job.params.aspect_ratio == "16:9"
     assert [r.description for r in record.job.references] == ["a blue hat"]
     assert record.meta.options["strictness"] == "liberal"  # recorded: no moderation model is configured
 

@@ -120,10 +120,11 @@ def test_fashn_run_translates_inputs_and_serves_url_output(server):
     assert resp.status_code == 200, resp.text
     run = resp.json()
     assert set(run) == {"id", "error"} and run["error"] is None
-    job = _job(server, run["id"]).job
+    queued = _job(server, run["id"]).job
+    job = queued.params
     assert job.lightning_steps == 4 and job.resolution == "2k" and job.aspect_ratio == "4:3"
     assert job.num_images == 2 and job.seed == 7 and job.output_format == "jpeg"
-    assert job.mask is not None and len(job.references) == 1
+    assert queued.mask is not None and len(queued.references) == 1
 
     status = _wait(server, run["id"])
     assert status["status"] == "completed" and status["error"] is None, status
@@ -142,7 +143,7 @@ def test_fashn_generation_modes_and_default_seed(server, mode, steps):
         inputs["generation_mode"] = mode
     resp = _run(server, inputs)
     assert resp.status_code == 200, resp.text
-    job = _job(server, resp.json()["id"]).job
+    job = _job(server, resp.json()["id"]).job.params
     assert job.lightning_steps == steps
     assert job.seed == 42 and job.output_format == "png" and job.resolution == "1k" and job.num_images == 1
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks.reliability import record
-from pipelines.spec import EditSpec
+from pipelines.spec import EditParams, EditSpec
 from server.core import Core
 from server.eta import CostModel, queued_eta
 from server.files import FileStore
@@ -90,8 +90,8 @@ def test_eta_of_new_jobs_within_30_percent_on_the_tiny_set(request, tmp_path, ti
     request.addfinalizer(lambda: torch.set_num_threads(threads))
 
     def run(side: int, steps: int) -> tuple[float, float]:
-        params = {"prompt": "make it warmer", "lightning_steps": None, "num_inference_steps": steps,
-                  "width": side, "height": side, "seed": 7, "output_format": "png"}  # fmt: skip
+        params = EditParams(prompt="make it warmer", lightning_steps=None, num_inference_steps=steps,
+                            width=side, height=side, seed=7, output_format="png")  # fmt: skip
         record = core.submit(params, [_data_url(side, side)], JobMeta(contract="imagepipeline", owner="o"))
         told = record.estimated_seconds
         claimed = store.claim("w0", 60)

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipelines.errors import EngineError
 from pipelines.images import decode_image, encode_image, sha256_hex
+from pipelines.spec import EditParams
 
 from ... import signing
 from ...core import Core, NamedInput
@@ -131,14 +132,14 @@ class DepictaService:
                 f"model {model!r} is not available (have: {', '.join(sorted(known))})",
                 field="model",
             )
-        params = {
-            "prompt": req.prompt,
-            "aspect_ratio": req.aspect_ratio,
-            "resolution": req.image_size.lower() if req.image_size else None,
-            "seed": -1,
+        params = EditParams(
+            prompt=req.prompt,
+            aspect_ratio=req.aspect_ratio,
+            resolution=req.image_size.lower() if req.image_size else None,
+            seed=-1,
             # PNG is the master every other format is derived from (and image_hash is its hash).
-            "output_format": "png",
-        }
+            output_format="png",
+        )
         meta = JobMeta(
             contract=CONTRACT,
             owner=owner,

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 from fastapi.responses import JSONResponse
 
+from pipelines.spec import EditParams
+
 from ...core import Core, NamedInput
 from ...errors import ServiceError
 from ...fetch import check_callback_url
@@ -85,15 +87,15 @@ class FashnService:
         inputs = req.inputs
         if req.webhook_url is not None:  # the policy of input URLs, told now rather than never
             check_callback_url(req.webhook_url, self.core.fetch_policy, "webhook_url")
-        params = {
-            "prompt": inputs.prompt,
-            "lightning_steps": LIGHTNING_STEPS[inputs.generation_mode],
-            "resolution": inputs.resolution,
-            "aspect_ratio": inputs.aspect_ratio,
-            "num_images": inputs.num_images,
-            "seed": inputs.seed,
-            "output_format": inputs.output_format,
-        }
+        params = EditParams(
+            prompt=inputs.prompt,
+            lightning_steps=LIGHTNING_STEPS[inputs.generation_mode],
+            resolution=inputs.resolution,
+            aspect_ratio=inputs.aspect_ratio,
+            num_images=inputs.num_images,
+            seed=inputs.seed,
+            output_format=inputs.output_format,
+        )
         meta = JobMeta(
             contract=CONTRACT,
             owner=owner,

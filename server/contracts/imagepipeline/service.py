@@ -6,6 +6,8 @@ import time
 
 from fastapi.responses import JSONResponse
 
+from pipelines.spec import EditParams
+
 from ...core import Core, NamedInput, new_id
 from ...errors import ServiceError
 from ...fetch import check_callback_url
@@ -54,6 +56,10 @@ def render_error(exc: ServiceError) -> JSONResponse:
     return JSONResponse(body.model_dump(exclude_none=True), status_code=exc.http_status, headers=headers)
 
 
+def _or(value, default):
+    return default if value is None else value
+
+
 class ImagePipelineService:
     def __init__(self, core: Core):
         self.core = core
@@ -79,28 +85,27 @@ class ImagePipelineService:
             req = apply_profile(req, profile.data)
 
         images = [req.input_image] if isinstance(req.input_image, str) else list(req.input_image or [])
-        params = {
-            "prompt": req.prompt,
-            "negative_prompt": req.negative_prompt,
-            "lightning_steps": LIGHTNING_STEPS if req.faster_inference else None,
-            "num_inference_steps": req.num_inference_steps,
-            "guidance_scale": req.guidance_scale,
-            "refine_strength": req.refine_strength or 0.0,
-            "width": req.width,
-            "height": req.height,
-            "seed": req.seed,
-            "output_format": req.output_format,
-            "product_saturation": req.product_saturation,
-            "tone_correction": req.tone_correction or 0.0,
-            "palette": req.palette or [],
-            "has_text": bool(req.has_text),
-            "has_product": bool(req.has_product),
-            "mode": req.mode,
-        }
-        if req.cfg_norm_strength is not None:
-            params["cfg_norm_strength"] = req.cfg_norm_strength
-        if req.mask_feather_px is not None:
-            params["mask_feather_px"] = req.mask_feather_px
+        params = EditParams(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt,
+            lightning_steps=LIGHTNING_STEPS if req.faster_inference else None,
+            num_inference_steps=req.num_inference_steps,
+            guidance_scale=req.guidance_scale,
+            refine_strength=req.refine_strength or 0.0,
+            width=req.width,
+            height=req.height,
+            seed=req.seed,
+            output_format=req.output_format,
+            product_saturation=req.product_saturation,
+            tone_correction=req.tone_correction or 0.0,
+            palette=req.palette or [],
+            has_text=bool(req.has_text),
+            has_product=bool(req.has_product),
+            mode=req.mode,
+            # unset: the engine's defaults
+            cfg_norm_strength=_or(req.cfg_norm_strength, EditParams.cfg_norm_strength),
+            mask_feather_px=_or(req.mask_feather_px, EditParams.mask_feather_px),
+        )
         meta = JobMeta(
             contract=CONTRACT,
             owner=owner,

@@ -24,6 +24,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from pipelines.registry import PublicModel, QualityPreset
+from pipelines.spec import EditParams
 
 from ...auth import request_headers
 from ...core import Core, NamedInput
@@ -177,21 +178,24 @@ class OpenAIService:
         preset = self._quality(quality_name)
         width, height = self._size(req.size)
         output_format = req.output_format or "png"
-        params = {
-            "prompt": req.prompt,
-            "lightning_steps": preset.lightning_steps,
-            "num_inference_steps": preset.steps if preset.lightning_steps is None else None,
-            "width": width,
-            "height": height,
-            "num_images": req.n,
-            "seed": req.seed if req.seed is not None else -1,
-            "output_format": output_format,
-            "enhance_prompt": public.enhance_prompt,
+        params = EditParams(
+            prompt=req.prompt,
+            lightning_steps=preset.lightning_steps,
+            num_inference_steps=preset.steps if preset.lightning_steps is None else None,
+            width=width,
+            height=height,
+            num_images=req.n,
+            seed=req.seed if req.seed is not None else -1,
+            output_format=output_format,
+            enhance_prompt=public.enhance_prompt,
             # previews cost a decode each: made only when someone streams them
-            "partial_images": (req.partial_images or 0) if req.stream else 0,
-        }
-        if req.output_compression is not None and output_format != "png":
-            params["output_quality"] = max(req.output_compression, 1)
+            partial_images=(req.partial_images or 0) if req.stream else 0,
+            output_quality=(
+                max(req.output_compression, 1)
+                if req.output_compression is not None and output_format != "png"
+                else EditParams.output_quality
+            ),
+        )
         inputs: dict = {"image_field": image_field}
         if req.mask is not None:
             url = req.mask if isinstance(req.mask, str) else req.mask.image_url
