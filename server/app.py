@@ -8,17 +8,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from pipelines.mime import mime_for_name
 from pipelines.registry import load_registry
 from pipelines.weights_set import describe
 
 from . import metrics, playground, signing
-from .contracts.depicta import build_router as depicta_router
-from .contracts.fashn import build_router as fashn_router
-from .contracts.imagepipeline import build_router as imagepipeline_router
-from .contracts.openai import build_router as openai_router
+from .contracts.base import discover
 from .core import Core
 from .errors import ServiceError
 from .files import FileStore
+from .job_events import JobEvents
 from .limits import RequestGuard
 from .pods import PodAgent, build_servers_router
 from .secret_bootstrap import bootstrap_secrets
@@ -28,6 +27,7 @@ from .supervisor import Supervisor
 from .webhooks import WebhookSender
 
 log = logging.getLogger("retouch.app")
+CONTRACTS = discover()  # every package under server/contracts/ (server/contracts/base.py)
 
 
 def _plain_error(exc: ServiceError) -> JSONResponse:
@@ -45,20 +45,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     weights_info = describe(registry, settings.weights)
     store = open_store(settings)  # Redis when RETOUCH_REDIS_URL is set (several pods), else SQLite
     files = FileStore(settings.files_root)
-    core = Core(settings, registry, store, files)
     supervisor = Supervisor(settings, store, files, registry.limits.job_timeout_s)
-    core.on_queued.append(supervisor.wake)
     pods = PodAgent(settings, store, registry, supervisor)
-    core.pods = pods
-    webhooks = WebhookSender(
-        store,
-        settings,
-        lambda contract, record: core.status_renderers[contract](record),
-        lambda contract, record: core.after_webhook.get(contract, lambda _: None)(record),
-    )
+    events = JobEvents(settings)  # wakes requests waiting for a job (server/job_events.py)
+    core = Core(settings, registry, store, files, pods=pods, events=events, on_queued=supervisor.wake)
+    services = {contract.name: contract.service(core) for contract in CONTRACTS}
+    webhooks = WebhookSender(store, settings, services)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        events.start()
         supervisor.start()
         if settings.role != "worker":  # worker pods post no webhooks; API pods share the outbox
             webhooks.start()
@@ -70,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 webhooks.stop()
             pods.stop()
             supervisor.stop()
+            events.stop()
 
     app = FastAPI(title="Retouch", version="0.1.0", lifespan=lifespan)
     app.state.core = core
@@ -77,11 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.webhooks = webhooks
     # Outermost: a body over the cap is refused before any of it is read (server/limits.py).
     app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes, routes=app.router.routes)
-    app.include_router(imagepipeline_router(core))
+    for contract in CONTRACTS:
+        app.include_router(contract.router(services[contract.name]))
     app.include_router(build_servers_router(core, pods))
-    app.include_router(fashn_router(core))
-    app.include_router(depicta_router(core))
-    app.include_router(openai_router(core))
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -129,9 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             relative = upload.path if upload else relative
         if kind not in ("uploads", "results") or not files.exists(relative):
             raise ServiceError("NOT_FOUND", "this file has expired or does not exist")
-        media = {"webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png"}.get(
-            relative.rsplit(".", 1)[-1]
-        )
+        media = mime_for_name(relative)
         return FileResponse(files.path(relative), media_type=media)
 
     # Prometheus scrape endpoint: store gauges read now plus every process's counters (server/metrics.py).

@@ -1,19 +1,17 @@
-"""The contract-agnostic core: validate once, store inputs, queue, report, serve files.
+"""The contract-agnostic core: validate once, store inputs, queue, report.
 
-Contracts translate their requests into calls on ``Core`` and render ``JobRecord``s back; they
-never touch the store or the files directly, so new contracts plug in without changing this.
+Contracts translate their requests into calls on ``Core`` (jobs, keys, money) and ``Core.inputs``
+(server/inputs.py: uploads, input URLs, results) and render ``JobRecord``s back; they never touch
+the store or the files directly, so new contracts plug in without changing this.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import secrets
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from typing import TYPE_CHECKING, Any
 
 from pipelines.cost_model import job_work
 from pipelines.errors import EngineError
@@ -23,22 +21,24 @@ from pipelines.registry import Registry
 from pipelines.spec import EditParams
 from pipelines.validation import check_counts, check_params
 
-from . import memory_report, signing
+from . import memory_report
 from .accounting import Accounting
 from .auth import KeyRing, KeysFile, parse_env_keys
 from .errors import ServiceError
-from .fetch import FetchPolicy, fetch_url
-from .files import FileStore, safe_filename
-from .jobs import EditJob, InputRef, JobMeta, JobRecord
+from .files import FileStore
+from .inputs import Inputs, new_id
+from .job_events import JobEvents
+from .jobs import EditJob, InputRef, JobMeta, JobRecord, WebhookState
 from .limits import Admission
 from .settings import Settings
 from .storage import StorageGuard
-from .store import JobStore, Upload
+from .store import JobStore, Profile
+from .webhooks import webhook_state
+
+if TYPE_CHECKING:
+    from .pods import PodAgent
 
 log = logging.getLogger("retouch.core")
-
-UPLOAD_PREFIX = "/files/uploads/"
-RESULT_PREFIX = "/files/results/"
 
 
 @dataclass(frozen=True)
@@ -50,22 +50,30 @@ class NamedInput:
     description: str | None = None
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
-
-
 class Core:
-    def __init__(self, settings: Settings, registry: Registry, store: JobStore, files: FileStore):
+    """The job desk: who is asking (keys, money), jobs in (validated once, inputs stored, queued)
+    and jobs out (status, cancel, lists, webhooks' state); files live in ``inputs``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        store: JobStore,
+        files: FileStore,
+        *,
+        pods: PodAgent | None = None,
+        events: JobEvents | None = None,
+        on_queued: Callable[[], None] | None = None,
+    ):
         self.settings = settings
         self.registry = registry
         self.store = store
-        self.files = files
-        # contract name -> function(JobRecord) -> dict; webhooks post what the status endpoint shows
-        self.status_renderers: dict[str, Any] = {}
-        # contract name -> function(JobRecord) run once its webhook was delivered (inline results)
-        self.after_webhook: dict[str, Callable[[JobRecord], None]] = {}
-        # Called after a job is queued, so an idle worker starts it now rather than at its next poll.
-        self.on_queued: list[Callable[[], None]] = []
+        # which pods are alive and what their memory plans fit; None = this server only
+        self.pods = pods
+        # wakes requests waiting for a job (server/job_events.py)
+        self.events = events or JobEvents(settings)
+        # an idle worker starts a queued job now rather than at its next poll
+        self.on_queued = on_queued
         self.keys = KeyRing(
             KeysFile(settings.keys_path), parse_env_keys(settings.api_keys, settings.key_budgets_usd)
         )
@@ -73,11 +81,9 @@ class Core:
         self.admission = Admission(
             settings, store, self.keys, self.balance, max_prompt_chars=registry.limits.max_prompt_chars
         )
-        self.fetch_policy = FetchPolicy.from_settings(settings)
-        # server/pods.py PodAgent: which pods are alive (set by create_app; None = this server only).
-        self.pods = None
         # Free-space floor of the data disk: nothing is written below it (server/storage.py).
         self.storage = StorageGuard(settings)
+        self.inputs = Inputs(settings, registry, store, files, self.storage)
 
     # -- auth and money ----------------------------------------------------------------------
     def authenticate(self, api_key: str | None, scope: str = "edit") -> str:
@@ -96,43 +102,6 @@ class Core:
         return record.cost_usd
 
     # -- inputs ------------------------------------------------------------------------------
-    def read_input(self, url: str, what: str) -> bytes:
-        """Bytes of an input named by URL; this server's own upload/result URLs are read from disk."""
-        if not isinstance(url, str) or not url:
-            raise ServiceError("INVALID_PARAMETERS", f"{what} must be a non-empty URL string", field=what)
-        own = self._own_file(url, what)
-        if own is not None:
-            return self.files.read(own)
-        return fetch_url(url, what=what, policy=self.fetch_policy)
-
-    def _own_file(self, url: str, what: str) -> str | None:
-        base = self.settings.base_url
-        if not url.startswith(base + "/files/"):
-            return None
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        try:
-            signing.verify(
-                self.settings.signing_secret,
-                parts.path,
-                query.get("expires", [None])[0],
-                query.get("sig", [None])[0],
-            )
-        except ServiceError as exc:
-            code = "INPUT_EXPIRED" if exc.code == "URL_EXPIRED" else "INVALID_PARAMETERS"
-            raise ServiceError(code, f"{what}: {exc.message}", field=what) from None
-        relative = parts.path.removeprefix("/files/")
-        if parts.path.startswith(UPLOAD_PREFIX):
-            upload = self.store.get_upload(parts.path.removeprefix(UPLOAD_PREFIX).split("/")[0])
-            if upload is None or not self.files.exists(upload.path):
-                raise ServiceError(
-                    "INPUT_EXPIRED", f"{what}: this upload has expired or was removed", field=what
-                )
-            return upload.path
-        if not parts.path.startswith(RESULT_PREFIX) or not self.files.exists(relative):
-            raise ServiceError("INPUT_EXPIRED", f"{what}: this file has expired or was removed", field=what)
-        return relative
-
     # -- jobs --------------------------------------------------------------------------------
     def submit(self, params: EditParams, image_urls: list[str], meta: JobMeta, **inputs: Any) -> JobRecord:
         """Admit (server/limits.py: Idempotency-Key, caps, key limits, a reserved queue slot), then
@@ -175,9 +144,9 @@ class Core:
         names = [
             image_field if len(image_urls) == 1 else f"{image_field}[{i}]" for i in range(len(image_urls))
         ]
-        pictures = [self.read_input(url, name) for url, name in zip(image_urls, names, strict=True)]
-        side = [(r, self.read_input(r.url, r.field)) for r in references]
-        mask_bytes = self.read_input(mask.url, mask.field) if mask else None
+        pictures = [self.inputs.read_input(url, name) for url, name in zip(image_urls, names, strict=True)]
+        side = [(r, self.inputs.read_input(r.url, r.field)) for r in references]
+        mask_bytes = self.inputs.read_input(mask.url, mask.field) if mask else None
         cap = self.registry.limits.max_input_pixels
         try:
             sizes = [
@@ -226,9 +195,9 @@ class Core:
         try:
             with self.storage.full_disk_refused():  # filled since the floor was checked
                 for ref, data in zip(refs, pictures, strict=True):
-                    self.files.write(ref.path, data)
+                    self.inputs.files.write(ref.path, data)
                 for path, data in preloaded.items():
-                    self.files.write(path, data)
+                    self.inputs.files.write(path, data)
                 record = self.store.add_job(
                     job_id,
                     job,
@@ -238,11 +207,11 @@ class Core:
                     reserve_usd=self.accounting.reserve_usd(work),
                 )
         except Exception:
-            self.files.delete_tree(f"inputs/{job_id}")
+            self.inputs.files.delete_tree(f"inputs/{job_id}")
             raise
         log.info("job queued", extra={"job_id": job_id, "contract": meta.contract, "kind": record.kind})
-        for wake in self.on_queued:
-            wake()
+        if self.on_queued is not None:
+            self.on_queued()
         return record
 
     def check_server_id(self, server_id: str | None) -> None:
@@ -274,82 +243,40 @@ class Core:
         record = self.store.cancel(job_id)
         if record is None:
             raise ServiceError("NOT_FOUND", f"job {job_id!r} not found")
+        self.events.publish(job_id)
         return record
+
+    def find_job(self, job_id: str) -> JobRecord | None:
+        """Any key's job: for URLs whose signature stands in for the key (Depicta's variants)."""
+        return self.store.get_job(job_id)
+
+    def webhook_state(self, record: JobRecord) -> WebhookState | None:
+        return webhook_state(self.store, record)
+
+    # -- profiles (imagepipeline's saved settings) -------------------------------------------
+    def add_profile(self, profile: Profile) -> None:
+        self.store.add_profile(profile)
+
+    def profile(self, profile_id: str, owner: str) -> Profile:
+        found = self.store.get_profile(profile_id)
+        if found is None or found.owner != owner:
+            raise ServiceError("NOT_FOUND", f"profile {profile_id!r} not found", field="profile_id")
+        return found
+
+    def list_profiles(self, owner: str) -> list[Profile]:
+        return self.store.list_profiles(owner)
+
+    def delete_profile(self, profile_id: str, owner: str) -> None:
+        self.profile(profile_id, owner)
+        self.store.delete_profile(profile_id)
 
     def list_jobs(self, owner: str, contract: str, limit: int = 50) -> list[JobRecord]:
         return self.store.list_jobs(owner, contract=contract, limit=limit)
-
-    def result_bytes(self, record: JobRecord) -> list[bytes] | None:
-        """The result pictures' bytes; None once any of them has expired or was handed out."""
-        paths = [r.path for r in record.results]
-        if not paths or not all(self.files.exists(p) for p in paths):
-            return None
-        return [self.files.read(p) for p in paths]
-
-    def drop_results(self, record: JobRecord) -> None:
-        """Delete a job's result files now (results handed out inline are not kept)."""
-        for result in record.results:
-            self.files.delete(result.path)
 
     def estimate_new(self, record: JobRecord) -> float:
         """ETA of a job like ``record`` if it were queued now, behind everything queued and running."""
         return self.store.estimate_new(record.meta.work)
 
     # -- files -------------------------------------------------------------------------------
-    def save_upload(self, data: bytes, filename: str | None, owner: str) -> tuple[Upload, str]:
-        self.storage.check()
-        if len(data) > self.settings.upload_max_bytes:
-            raise ServiceError(
-                "FILE_TOO_LARGE",
-                f"file is over the {self.settings.upload_max_bytes} byte limit",
-                field="file",
-            )
-        try:
-            picture = decode_image(data, max_pixels=self.registry.limits.max_input_pixels, what="file")
-        except EngineError as exc:
-            raise ServiceError.from_engine(exc) from None
-        del picture
-        content_type = _sniff_mime(data)
-        upload_id = new_id("up")
-        name = safe_filename(filename)
-        now = time.time()
-        upload = Upload(
-            id=upload_id,
-            owner=owner,
-            filename=name,
-            content_type=content_type,
-            size_bytes=len(data),
-            path=f"uploads/{upload_id}/{name}",
-            created_at=now,
-            expires_at=now + self.settings.upload_ttl_s,
-        )
-        try:
-            with self.storage.full_disk_refused():
-                self.files.write(upload.path, data)
-                self.store.add_upload(upload)
-        except Exception:
-            self.files.delete_tree(f"uploads/{upload_id}")
-            raise
-        return upload, self.signed_url(f"{UPLOAD_PREFIX}{upload_id}/{name}", self.settings.upload_ttl_s)
-
-    def signed_url(self, path: str, ttl_s: float | None = None) -> str:
-        ttl = ttl_s if ttl_s is not None else self.settings.signed_url_ttl_s
-        return signing.sign(self.settings.signing_secret, self.settings.base_url, path, ttl)
-
-    def result_urls(self, record: JobRecord) -> list[str]:
-        return [self.signed_url("/files/" + r.path) for r in record.results]
-
     def ready(self) -> bool:
         return bool(self.store.ready_workers(max_age_s=max(10.0, self.settings.lease_s)))
-
-
-def _sniff_mime(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:4] in (b"GIF8",):
-        return "image/gif"
-    return "application/octet-stream"

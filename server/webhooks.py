@@ -12,8 +12,10 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Protocol
 
 import httpx
 import tenacity
@@ -52,14 +54,20 @@ def webhook_state(store: JobStore, record: JobRecord) -> WebhookState | None:
     return WebhookState(state=state, attempts=delivery.attempts, last_error=delivery.last_error)
 
 
+class WebhookBodies(Protocol):
+    """What a contract's service gives webhooks (server/contracts/base.py ContractService)."""
+
+    def webhook_body(self, record: JobRecord) -> dict: ...
+    def after_webhook(self, record: JobRecord) -> None: ...
+
+
 class WebhookSender:
-    def __init__(self, store: JobStore, settings, render_status, on_delivered=None):
-        """``render_status(contract, record) -> dict``: the body the status endpoint would answer;
-        ``on_delivered(contract, record)``: called once a receiver accepted it."""
+    def __init__(self, store: JobStore, settings, contracts: Mapping[str, WebhookBodies] | None):
+        """``contracts``: by contract name, the body to post for a job (what its status endpoint
+        would answer) and what to do once a receiver accepted it."""
         self.store = store
         self.settings = settings
-        self.render_status = render_status
-        self.on_delivered = on_delivered
+        self.contracts = contracts or {}
         self.signer = Webhook(settings.webhook_secret)
         # Receivers are client-named URLs: the same SSRF checks (and allowlist) as input fetches.
         self.policy = FetchPolicy.from_settings(settings)
@@ -120,7 +128,8 @@ class WebhookSender:
         if record is None:
             self.store.delivery_failed(delivery.id, "the job no longer exists", None)
             return False
-        payload = json.dumps(self.render_status(delivery.contract, record))
+        contract = self.contracts[delivery.contract]
+        payload = json.dumps(contract.webhook_body(record))
         timestamp = datetime.now(UTC)
         headers = {
             "content-type": "application/json",
@@ -141,11 +150,10 @@ class WebhookSender:
             if 200 <= resp.status_code < 300:
                 self.store.delivery_done(delivery.id)
                 metrics.record_webhook("delivered")
-                if self.on_delivered is not None:
-                    try:
-                        self.on_delivered(delivery.contract, record)
-                    except Exception:
-                        log.exception("after-delivery step failed", extra={"job_id": delivery.job_id})
+                try:
+                    contract.after_webhook(record)
+                except Exception:
+                    log.exception("after-delivery step failed", extra={"job_id": delivery.job_id})
                 log.info(
                     "webhook delivered",
                     extra={

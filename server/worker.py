@@ -17,6 +17,7 @@ from pipelines.errors import EngineError, GPUOutOfMemoryError, JobCancelledError
 from . import memory_report, metrics
 from .accounting import charge_usd
 from .files import FileStore
+from .job_events import EventSender
 from .jobs import JobRecord, Progress, ResultFile
 from .settings import Settings
 from .storage import StorageGuard, is_disk_full
@@ -75,6 +76,8 @@ class EditWorker:
         self.store = store
         self.files = files
         self.worker_id = worker_id
+        # tells the API's waiting requests (server/job_events.py) that a job moved on
+        self.events = EventSender(settings)
         self.engine = None
         self.registry = None
         self.faults = FaultHook(settings.fault_injection)
@@ -100,6 +103,12 @@ class EditWorker:
             memory_report.publish(self.settings, self.worker_id, plan.summary())
 
     def run(self, record: JobRecord) -> None:
+        try:
+            self._run(record)
+        finally:  # completed, failed, handed back: a waiting request reads the store again now
+            self.events.publish(record.id)
+
+    def _run(self, record: JobRecord) -> None:
         job_id = record.id
         try:
             spec = record.job.to_spec(self.files.root)
@@ -120,14 +129,15 @@ class EditWorker:
             last.update(stage=stage, at=now)
             if self.store.set_progress(job_id, self.worker_id, Progress(stage=stage, step=step, total=total)):
                 raise JobCancelledError("the job was cancelled")
-            self.faults.fire(record.job.prompt, stage, step)
+            self.events.publish(job_id)  # progress (and the preview written before it) for streams
+            self.faults.fire(record.job.params.prompt, stage, step)
             if now > self.stop_deadline:
                 raise ShutdownHandBack("the server is shutting down; the job goes back to the queue")
             if now > deadline:
                 raise JobTimeoutError(f"the job ran longer than {self.registry.limits.job_timeout_s:g} s")
 
         try:
-            if record.job.partial_images > 0:
+            if record.job.params.partial_images > 0:
                 result = self.engine.run(spec, on_progress, self._preview_writer(job_id))
             else:
                 result = self.engine.run(spec, on_progress)
@@ -256,6 +266,8 @@ class EditWorker:
                 self.files.write(name, preview.data)
             except OSError:
                 log.warning("could not write a preview", exc_info=True)
+                return
+            self.events.publish(job_id)  # a stream sends it now
 
         return write
 

@@ -159,7 +159,7 @@ def test_fashn_return_base64_is_delivered_once_then_deleted(server):
     core = server.app.state.core
     paths = [r.path for r in _job(server, prediction_id).results]
     deadline = time.monotonic() + 5
-    while any(core.files.exists(p) for p in paths):  # deleted right after the response was sent
+    while any(core.inputs.files.exists(p) for p in paths):  # deleted right after the response was sent
         assert time.monotonic() < deadline, "result kept on disk after delivery"
         time.sleep(0.05)
     again = server.get(f"/v1/status/{prediction_id}", headers=AUTH).json()
@@ -282,7 +282,7 @@ def test_fashn_webhook_posts_the_status_body(server):
         assert done.wait(30), "no webhook"
         payload = Webhook(server.settings.webhook_secret).verify(got[1][1], got[1][0])
         assert payload["output"][0].startswith("data:image/")
-        results = server.app.state.core.files.root / "results" / run["id"]
+        results = server.app.state.core.inputs.files.root / "results" / run["id"]
 
         def kept() -> list[str]:
             try:

@@ -88,8 +88,8 @@ def test_openai_asgi_idempotent_retry_of_an_inline_answer_gets_the_same_pictures
     # without the header nothing is kept once the pictures went out inline
     plain = _post(asgi, json=_json_edit())
     job_id = plain.headers["x-retouch-job-id"]
-    assert not (asgi.app.state.core.files.root / "results" / job_id).is_dir() or not any(
-        (asgi.app.state.core.files.root / "results" / job_id).iterdir()
+    assert not (asgi.app.state.core.inputs.files.root / "results" / job_id).is_dir() or not any(
+        (asgi.app.state.core.inputs.files.root / "results" / job_id).iterdir()
     )
 
 

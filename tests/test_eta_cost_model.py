@@ -98,7 +98,7 @@ def test_eta_of_new_jobs_within_30_percent_on_the_tiny_set(request, tmp_path, ti
         # The job's CPU time is its time on a machine of its own: on this shared CPU the wall clock
         # is mostly other processes' load (2-3x the CPU time, varying from run to run).
         cpu = time.thread_time()
-        engine.run(claimed.job.to_spec(core.files.root))
+        engine.run(claimed.job.to_spec(core.inputs.files.root))
         seconds = time.thread_time() - cpu
         store.complete(record.id, [], 7, seconds, [])
         return told, seconds

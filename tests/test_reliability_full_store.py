@@ -87,7 +87,15 @@ def test_webhook_whose_outcome_cannot_be_stored_is_not_resent_every_poll(tmp_pat
     from server.secret_bootstrap import bootstrap_secrets
 
     bootstrap_secrets(settings)
-    sender = WebhookSender(FullOutbox(), settings, lambda contract, record: {"id": record.id})
+
+    class Bodies:
+        def webhook_body(self, record):
+            return {"id": record.id}
+
+        def after_webhook(self, record):
+            pass
+
+    sender = WebhookSender(FullOutbox(), settings, {"imagepipeline": Bodies()})
     caplog.set_level(logging.WARNING, logger="retouch.webhooks")
     sender.start()
     try:

@@ -23,7 +23,7 @@ def test_webhook_signature_matches_the_standard_webhooks_test_vector(tmp_path):
     from server.webhooks import WebhookSender
 
     settings = make_settings(tmp_path, webhook_secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-    sender = WebhookSender(store=None, settings=settings, render_status=None)
+    sender = WebhookSender(store=None, settings=settings, contracts=None)
     signature = sender.signer.sign(
         "msg_p5jXN8AQM9LWM0D4loKWxJek", datetime.fromtimestamp(1614265330, UTC), '{"test": 2432232314}'
     )

@@ -122,7 +122,7 @@ def test_cleanup_sweeps_stale_inputs_and_previews_but_keeps_fresh_ones(tmp_path)
 
     srv = AsgiServer(make_settings(tmp_path, workers=0, result_ttl_s=60))
     try:
-        root = srv.app.state.core.files.root
+        root = srv.app.state.core.inputs.files.root
         old = time.time() - 120
         for rel in ("inputs/job_gone", "previews/job_gone", "previews/job_streaming"):
             (root / rel).mkdir(parents=True)
@@ -143,7 +143,7 @@ def test_cleanup_removes_abandoned_part_files_but_not_a_write_in_progress(tmp_pa
 
     srv = AsgiServer(make_settings(tmp_path, workers=0))
     try:
-        root = srv.app.state.core.files.root
+        root = srv.app.state.core.inputs.files.root
         abandoned, writing = root / "results/job_a/1-0.png.part", root / "uploads/up_b/photo.png.part"
         for part in (abandoned, writing):
             part.parent.mkdir(parents=True)

@@ -9,7 +9,6 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ...auth import bearer_key
-from ...core import Core
 from ...errors import ServiceError
 from ...multipart import FormLimits, open_form, read_file, read_upload
 from ..common import route_class
@@ -90,8 +89,8 @@ def _validated(fields: dict) -> EditRequest:
         raise RequestValidationError(exc.errors()) from None
 
 
-def build_router(core: Core) -> APIRouter:
-    service = DepictaService(core)
+def build_router(service: DepictaService) -> APIRouter:
+    core = service.core
     router = APIRouter(route_class=route_class(render_error), tags=["depicta"], responses=_ERRORS)
 
     def owner(

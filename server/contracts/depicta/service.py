@@ -3,8 +3,6 @@ result URLs with hashes, and the job list a client recovers lost responses from.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import OrderedDict
 from datetime import UTC, datetime
 from threading import Lock
@@ -12,16 +10,17 @@ from urllib.parse import parse_qs, urlsplit
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from pipelines.errors import EngineError
 from pipelines.images import decode_image, encode_image, sha256_hex
+from pipelines.mime import MIME_TYPES as MIME
 from pipelines.spec import EditParams
 
 from ... import signing
 from ...core import Core, NamedInput
 from ...errors import ServiceError
 from ...jobs import JobMeta, JobRecord, JobStatus
+from ..base import ClientGone, ContractService, WaitedTooLong
 from .protocol import (
     DepictaErrorBody,
     DepictaUploadResponse,
@@ -35,8 +34,6 @@ from .protocol import (
 
 CONTRACT = "depicta"
 URL_TTL_S = 3600  # Depicta's signed URLs expire after one hour
-POLL_S = 0.2
-MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _CODES = {
     400: "bad_request",
     401: "authentication_error",
@@ -96,9 +93,11 @@ class _VariantCache:
         return data
 
 
-class DepictaService:
+class DepictaService(ContractService):
+    name = CONTRACT
+
     def __init__(self, core: Core):
-        self.core = core
+        super().__init__(core)
         self.variants = _VariantCache()
 
     # -- models ------------------------------------------------------------------------------
@@ -113,7 +112,7 @@ class DepictaService:
 
     # -- uploads -----------------------------------------------------------------------------
     def upload(self, data: bytes, filename: str | None, owner: str) -> DepictaUploadResponse:
-        upload, url = self.core.save_upload(data, filename, owner)
+        upload, url = self.core.inputs.save_upload(data, filename, owner)
         return DepictaUploadResponse(
             upload_url=url,
             filename=upload.filename,
@@ -155,23 +154,20 @@ class DepictaService:
         )
 
     async def wait(self, record: JobRecord, request: Request) -> JobRecord:
-        """Poll the store until the job ends; the worker runs it in another process."""
+        """The job once it ended; the worker runs it in another process."""
         limits = self.core.registry.limits
         budget = limits.job_timeout_s * self.core.settings.max_attempts + (record.estimated_seconds or 0) + 30
-        deadline = time.monotonic() + budget
-        while not record.status.is_terminal():
-            if time.monotonic() > deadline:
-                raise ServiceError(
-                    "NOT_READY",
-                    f"job {record.id} is still running; fetch it later from GET /v1/jobs/{record.id}",
-                    retry_after_s=10,
-                )
-            if await request.is_disconnected():
-                # The job goes on; its client recovers the result from GET /v1/jobs/{id}.
-                raise ServiceError("NOT_READY", "the client went away")
-            await asyncio.sleep(POLL_S)
-            record = await run_in_threadpool(self.core.get_job, record.id, record.meta.owner)
-        return record
+        try:
+            return await self.wait_for_end(record, request, budget)
+        except WaitedTooLong:
+            raise ServiceError(
+                "NOT_READY",
+                f"job {record.id} is still running; fetch it later from GET /v1/jobs/{record.id}",
+                retry_after_s=10,
+            ) from None
+        except ClientGone:
+            # The job goes on; its client recovers the result from GET /v1/jobs/{id}.
+            raise ServiceError("NOT_READY", "the client went away") from None
 
     def generation(self, record: JobRecord) -> GenerationResponse:
         """The answer to an edit that ended; a failed one raises its error."""
@@ -183,14 +179,14 @@ class DepictaService:
             raise ServiceError("CONFLICT", f"job {record.id} was cancelled")
         if record.status != JobStatus.COMPLETED:
             raise ServiceError("NOT_READY", f"job {record.id} is {record.status.value}", retry_after_s=5)
-        pictures = self.core.result_bytes(record)
+        pictures = self.core.inputs.result_bytes(record)
         if not pictures:
             raise ServiceError("URL_EXPIRED", f"the result of job {record.id} has expired and was removed")
         png, result = pictures[0], record.results[0]
-        formats = {"png": self._variant(self.core.signed_url("/files/" + result.path, URL_TTL_S), png)}
+        formats = {"png": self._variant(self.core.inputs.signed_url("/files/" + result.path, URL_TTL_S), png)}
         for fmt in ("jpeg", "webp"):
             data = self.variants.get(png, result.sha256, fmt)
-            url = self.core.signed_url(f"/v1/jobs/{record.id}/images/0.{fmt}", URL_TTL_S)
+            url = self.core.inputs.signed_url(f"/v1/jobs/{record.id}/images/0.{fmt}", URL_TTL_S)
             formats[fmt] = self._variant(url, data, fmt)
         balance = self.core.balance(record.meta.owner)
         rate = self.core.settings.eur_per_usd
@@ -218,10 +214,10 @@ class DepictaService:
         """A signed JPEG/WebP variant URL's bytes (the signature stands in for the API key)."""
         signing.verify(self.core.settings.signing_secret, f"/v1/jobs/{job_id}/images/{name}", expires, sig)
         index, _, fmt = name.partition(".")
-        record = self.core.store.get_job(job_id)
+        record = self.core.find_job(job_id)
         if record is None or fmt not in ("jpeg", "webp") or index != "0":
             raise ServiceError("NOT_FOUND", "this file does not exist")
-        pictures = self.core.result_bytes(record)
+        pictures = self.core.inputs.result_bytes(record)
         if not pictures:
             raise ServiceError("NOT_FOUND", "this file has expired or does not exist")
         try:
@@ -230,13 +226,6 @@ class DepictaService:
             raise ServiceError.from_engine(exc) from None
 
     # -- jobs --------------------------------------------------------------------------------
-    def _own(self, job_id: str, owner: str) -> JobRecord:
-        record = self.core.get_job(job_id, owner)
-        if record.meta.contract != CONTRACT:
-            # Each contract answers for its own jobs only.
-            raise ServiceError("NOT_FOUND", f"job {job_id!r} not found")
-        return record
-
     def _summary(self, record: JobRecord) -> dict:
         error = None
         if record.status in (JobStatus.FAILED, JobStatus.CANCELLED):
@@ -260,14 +249,14 @@ class DepictaService:
         for record in self.core.list_jobs(owner, CONTRACT, limit):
             summary = JobSummary(**self._summary(record))
             if record.status == JobStatus.COMPLETED and record.results:
-                summary.image_url = self.core.signed_url("/files/" + record.results[0].path, URL_TTL_S)
+                summary.image_url = self.core.inputs.signed_url("/files/" + record.results[0].path, URL_TTL_S)
             generations.append(summary)
         return JobList(generations=generations)
 
     def job_detail(self, job_id: str, owner: str) -> JobDetail:
-        record = self._own(job_id, owner)
+        record = self.own_job(job_id, owner)
         detail = JobDetail(**self._summary(record))
-        if record.status == JobStatus.COMPLETED and self.core.result_bytes(record):
+        if record.status == JobStatus.COMPLETED and self.core.inputs.result_bytes(record):
             result = self.generation(record)
             detail = detail.model_copy(
                 update={

@@ -7,7 +7,6 @@ from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 
 from ...auth import bearer_key
-from ...core import Core
 from ..common import route_class
 from .protocol import FashnErrorBody, FashnStatusResponse, RunRequest, RunResponse
 from .service import FashnService, render_error
@@ -17,8 +16,8 @@ _ERRORS: dict = {status: {"model": FashnErrorBody} for status in (400, 401, 404,
 _ERRORS["4XX"] = {"model": FashnErrorBody, "description": "Any other client error, sent as 400 BadRequest"}
 
 
-def build_router(core: Core) -> APIRouter:
-    service = FashnService(core)
+def build_router(service: FashnService) -> APIRouter:
+    core = service.core
     router = APIRouter(route_class=route_class(render_error), tags=["fashn"], responses=_ERRORS)
 
     def owner(

@@ -9,11 +9,11 @@ from fastapi.responses import JSONResponse
 
 from pipelines.spec import EditParams
 
-from ...core import Core, NamedInput
+from ...core import NamedInput
 from ...errors import ServiceError
 from ...fetch import check_callback_url
 from ...jobs import JobMeta, JobRecord, JobStatus
-from ...webhooks import webhook_state
+from ..base import ContractService
 from .protocol import FashnErrorBody, FashnStatusResponse, PredictionError, RunRequest, RunResponse
 
 CONTRACT = "fashn"
@@ -73,20 +73,23 @@ def render_error(exc: ServiceError) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=status, headers=headers or None)
 
 
-class FashnService:
-    def __init__(self, core: Core):
-        self.core = core
-        # Webhooks carry what the status endpoint shows; they never delete inline results.
-        core.status_renderers[CONTRACT] = lambda record: self.render_status(record).model_dump(
-            exclude={"webhook"}
-        )
+class FashnService(ContractService):
+    name = CONTRACT
+    noun = "prediction"
+
+    def webhook_body(self, record: JobRecord) -> dict:
+        # what the status endpoint shows; sending it never deletes inline results
+        return self.render_status(record).model_dump(exclude={"webhook"})
+
+    def after_webhook(self, record: JobRecord) -> None:
         # return_base64: the webhook carried the pictures, so nothing is kept after it is delivered
-        core.after_webhook[CONTRACT] = self._drop_inline_results
+        if record.meta.inline_results and record.status == JobStatus.COMPLETED:
+            self.core.inputs.drop_results(record)
 
     def submit(self, req: RunRequest, owner: str) -> RunResponse:
         inputs = req.inputs
         if req.webhook_url is not None:  # the policy of input URLs, told now rather than never
-            check_callback_url(req.webhook_url, self.core.fetch_policy, "webhook_url")
+            check_callback_url(req.webhook_url, self.core.inputs.fetch_policy, "webhook_url")
         params = EditParams(
             prompt=inputs.prompt,
             lightning_steps=LIGHTNING_STEPS[inputs.generation_mode],
@@ -116,20 +119,13 @@ class FashnService:
 
     def status(self, prediction_id: str, owner: str) -> tuple[FashnStatusResponse, Callable[[], None] | None]:
         """The status body, and what to do once it has been sent (drop inline results)."""
-        record = self.core.get_job(prediction_id, owner)
-        if record.meta.contract != CONTRACT:
-            # Each contract answers for its own jobs only.
-            raise ServiceError("NOT_FOUND", f"prediction {prediction_id!r} not found")
+        record = self.own_job(prediction_id, owner)
         # Only the status endpoint says how the webhook went; the webhook's own body does not.
         body = self.render_status(record)
-        body = body.model_copy(update={"webhook": webhook_state(self.core.store, record)})
+        body = body.model_copy(update={"webhook": self.core.webhook_state(record)})
         if record.meta.inline_results and body.output:
-            return body, lambda: self.core.drop_results(record)
+            return body, lambda: self.core.inputs.drop_results(record)
         return body, None
-
-    def _drop_inline_results(self, record: JobRecord) -> None:
-        if record.meta.inline_results and record.status == JobStatus.COMPLETED:
-            self.core.drop_results(record)
 
     def render_status(self, record: JobRecord) -> FashnStatusResponse:
         status = _STATUS[record.status]
@@ -146,9 +142,9 @@ class FashnService:
 
     def _outputs(self, record: JobRecord) -> list[str]:
         if not record.meta.inline_results:
-            return self.core.result_urls(record)
+            return self.core.inputs.result_urls(record)
         # Handed out once and then deleted (see status): a later poll gets an empty output list.
-        pictures = self.core.result_bytes(record) or []
+        pictures = self.core.inputs.result_bytes(record) or []
         return [
             f"data:{r.mime_type};base64,{base64.b64encode(data).decode()}"
             for r, data in zip(record.results, pictures, strict=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from ...core import Core
 from ...multipart import read_upload
 from ..common import route_class
 from .protocol import (
@@ -41,8 +40,8 @@ _UPLOAD_BODY = {
 }
 
 
-def build_router(core: Core) -> APIRouter:
-    service = ImagePipelineService(core)
+def build_router(service: ImagePipelineService) -> APIRouter:
+    core = service.core
     router = APIRouter(route_class=route_class(render_error), tags=["imagepipeline"], responses=_ERRORS)
 
     def owner(x_api_key: str | None = Header(default=None)) -> str:

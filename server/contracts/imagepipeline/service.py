@@ -8,12 +8,13 @@ from fastapi.responses import JSONResponse
 
 from pipelines.spec import EditParams
 
-from ...core import Core, NamedInput, new_id
+from ...core import NamedInput
 from ...errors import ServiceError
 from ...fetch import check_callback_url
+from ...inputs import new_id
 from ...jobs import JobMeta, JobRecord, JobStatus
 from ...store import Profile
-from ...webhooks import webhook_state
+from ..base import ContractService
 from .profiles import apply_profile, check_template
 from .protocol import (
     EditRequest,
@@ -60,12 +61,11 @@ def _or(value, default):
     return default if value is None else value
 
 
-class ImagePipelineService:
-    def __init__(self, core: Core):
-        self.core = core
-        core.status_renderers[CONTRACT] = lambda record: self.render_status(record).model_dump(
-            exclude={"webhook"}
-        )
+class ImagePipelineService(ContractService):
+    name = CONTRACT
+
+    def webhook_body(self, record: JobRecord) -> dict:
+        return self.render_status(record).model_dump(exclude={"webhook"})
 
     # -- edits -------------------------------------------------------------------------------
     def submit(self, req: EditRequest, owner: str) -> SubmitResponse:
@@ -77,12 +77,9 @@ class ImagePipelineService:
                 field="mask_segment",
             )
         if req.callback_url is not None:  # the policy of input URLs, told now rather than never
-            check_callback_url(req.callback_url, self.core.fetch_policy, "callback_url")
+            check_callback_url(req.callback_url, self.core.inputs.fetch_policy, "callback_url")
         if req.profile_id is not None:
-            profile = self.core.store.get_profile(req.profile_id)
-            if profile is None or profile.owner != owner:
-                raise ServiceError("NOT_FOUND", f"profile {req.profile_id!r} not found", field="profile_id")
-            req = apply_profile(req, profile.data)
+            req = apply_profile(req, self.core.profile(req.profile_id, owner).data)
 
         images = [req.input_image] if isinstance(req.input_image, str) else list(req.input_image or [])
         params = EditParams(
@@ -121,19 +118,20 @@ class ImagePipelineService:
         )
 
     def status(self, job_id: str, owner: str) -> StatusResponse:
-        return self._with_webhook(self.core.get_job(job_id, owner))
+        return self._with_webhook(self.own_job(job_id, owner))
 
     def cancel(self, job_id: str, owner: str) -> StatusResponse:
+        self.own_job(job_id, owner)
         return self._with_webhook(self.core.cancel(job_id, owner))
 
     def _with_webhook(self, record: JobRecord) -> StatusResponse:
         # Only the status endpoint says how the webhook went; the webhook's own body does not.
         body = self.render_status(record)
-        return body.model_copy(update={"webhook": webhook_state(self.core.store, record)})
+        return body.model_copy(update={"webhook": self.core.webhook_state(record)})
 
     def render_status(self, record: JobRecord) -> StatusResponse:
         now = time.time()
-        urls = self.core.result_urls(record) if record.status == JobStatus.COMPLETED else []
+        urls = self.core.inputs.result_urls(record) if record.status == JobStatus.COMPLETED else []
         done = record.status.is_terminal()
         progress = (
             100
@@ -172,7 +170,7 @@ class ImagePipelineService:
 
     # -- uploads -----------------------------------------------------------------------------
     def upload(self, data: bytes, filename: str | None, owner: str) -> UploadResponse:
-        upload, url = self.core.save_upload(data, filename, owner)
+        upload, url = self.core.inputs.save_upload(data, filename, owner)
         return UploadResponse(
             url=url, filename=upload.filename, content_type=upload.content_type, size_bytes=upload.size_bytes
         )
@@ -185,22 +183,18 @@ class ImagePipelineService:
                 "INVALID_PARAMETERS", "seed_strategy 'fixed' needs fixed_seed", field="fixed_seed"
             )
         profile = Profile(id=new_id("prof"), owner=owner, data=req.model_dump(), created_at=time.time())
-        self.core.store.add_profile(profile)
+        self.core.add_profile(profile)
         return self._profile_body(profile)
 
     def get_profile(self, profile_id: str, owner: str) -> ProfileResponse:
-        profile = self.core.store.get_profile(profile_id)
-        if profile is None or profile.owner != owner:
-            raise ServiceError("NOT_FOUND", f"profile {profile_id!r} not found")
-        return self._profile_body(profile)
+        return self._profile_body(self.core.profile(profile_id, owner))
 
     def list_profiles(self, owner: str) -> ProfileList:
-        profiles = [self._profile_body(p) for p in self.core.store.list_profiles(owner)]
+        profiles = [self._profile_body(p) for p in self.core.list_profiles(owner)]
         return ProfileList(profiles=profiles, total=len(profiles))
 
     def delete_profile(self, profile_id: str, owner: str) -> None:
-        self.get_profile(profile_id, owner)
-        self.core.store.delete_profile(profile_id)
+        self.core.delete_profile(profile_id, owner)
 
     @staticmethod
     def _profile_body(profile: Profile) -> ProfileResponse:

@@ -6,11 +6,11 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ...core import Core
 from ..common import route_class
 from .parsing import parse_edit_request
 from .protocol import EditRequest, ImagesResponse, ModelCard, ModelList, OpenAIErrorBody
 from .service import OpenAIService, render_error
+from .streaming import stream
 
 JOB_ID_HEADER = "X-Retouch-Job-Id"
 
@@ -60,8 +60,8 @@ STREAM_DOC = {
 }
 
 
-def build_router(core: Core) -> APIRouter:
-    service = OpenAIService(core)
+def build_router(service: OpenAIService) -> APIRouter:
+    core = service.core
     router = APIRouter(prefix="/v1", route_class=route_class(render_error), tags=["openai"])
     errors = {code: {"model": OpenAIErrorBody} for code in (400, 401, 404, 413, 429, 500, 503)}
 
@@ -90,7 +90,7 @@ def build_router(core: Core) -> APIRouter:
         if plan.stream:
             headers["Cache-Control"] = "no-cache"
             return StreamingResponse(
-                service.stream(record, who, plan), media_type="text/event-stream", headers=headers
+                stream(service, record, who, plan), media_type="text/event-stream", headers=headers
             )
         record = await service.wait(record, who, request)
         body = await run_in_threadpool(service.respond, record, plan)

@@ -1,7 +1,7 @@
 """OpenAI/IG1 semantics on top of the core: request -> EditJob, wait for it, answer in OpenAI's shapes.
 
-The hosted endpoint is synchronous, so the request waits for its job (polling the store, as every
-other reader does) and answers with the pictures; a client that goes away cancels its job. The
+The hosted endpoint is synchronous, so the request waits for its job (woken by the job-change
+signal, server/job_events.py) and answers with the pictures; a client that goes away cancels its job. The
 ``quality`` values and the ``model`` names come from weights.yaml (``qualities``, ``public_models``).
 """
 
@@ -9,27 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
-import json
 import math
 import re
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from PIL import Image
-from starlette.concurrency import run_in_threadpool
 
 from pipelines.registry import PublicModel, QualityPreset
 from pipelines.spec import EditParams
 
 from ...auth import request_headers
-from ...core import Core, NamedInput
+from ...core import NamedInput
 from ...errors import ServiceError, http_status_for
 from ...jobs import JobMeta, JobRecord, JobStatus
+from ..base import ClientGone, ContractService, WaitedTooLong
 from .protocol import (
     EditRequest,
     ErrorDetail,
@@ -43,13 +39,11 @@ from .protocol import (
 )
 
 CONTRACT = "openai"
-POLL_S = 0.1
 # A synchronous request gives up after this long; the job ends by itself (timeouts, retries) sooner.
 MAX_WAIT_S = 3600.0
 # The transformer sees one token per 16x16 pixels (8x VAE, 2x2 patches): what `usage` counts.
 PIXELS_PER_TOKEN_SIDE = 16
 _SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
-_PREVIEW = re.compile(r"^(\d+)-(\d+)\.(png|jpeg|webp)$")
 # model names offered when weights.yaml has no public_models table (older registries)
 DEFAULT_PUBLIC_MODELS = {"qwen-image-edit": False, "qwen-image-edit-pe": True}
 
@@ -89,14 +83,8 @@ class Plan:
     stream: bool
 
 
-def _sse(event: str, payload: dict) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
-
-
-class OpenAIService:
-    def __init__(self, core: Core):
-        self.core = core
-        core.status_renderers[CONTRACT] = lambda r: {"id": r.id, "status": r.status.value, "error": r.error}
+class OpenAIService(ContractService):
+    name = CONTRACT
 
     # -- models ------------------------------------------------------------------------------
     def public_models(self) -> dict[str, PublicModel]:
@@ -213,24 +201,16 @@ class OpenAIService:
 
     async def wait(self, record: JobRecord, owner: str, request: Request) -> JobRecord:
         """The job once it has ended; a client that disconnects first cancels it."""
-        deadline = time.monotonic() + MAX_WAIT_S
         try:
-            while not record.status.is_terminal():
-                if await request.is_disconnected():
-                    self.core.cancel(record.id, owner)
-                    raise ServiceError("CANCELLED", "the client disconnected; the edit was cancelled")
-                if time.monotonic() > deadline:
-                    raise ServiceError("JOB_TIMEOUT", f"the edit did not finish within {MAX_WAIT_S:g} s")
-                await asyncio.sleep(POLL_S)
-                record = await run_in_threadpool(self.core.get_job, record.id, owner)
+            return await self.wait_for_end(record, request, MAX_WAIT_S)
+        except WaitedTooLong:
+            raise ServiceError("JOB_TIMEOUT", f"the edit did not finish within {MAX_WAIT_S:g} s") from None
+        except ClientGone:
+            self.core.cancel(record.id, owner)
+            raise ServiceError("CANCELLED", "the client disconnected; the edit was cancelled") from None
         except asyncio.CancelledError:  # servers that cancel the handler of a closed connection
             self.core.cancel(record.id, owner)
             raise
-        return record
-
-    @staticmethod
-    def _failure(record: JobRecord) -> ServiceError:
-        return ServiceError(record.failure_reason_code or "INTERNAL_ERROR", record.error or "the edit failed")
 
     @staticmethod
     def _usage(record: JobRecord) -> Usage:
@@ -244,21 +224,21 @@ class OpenAIService:
         """Pictures sent inline are not kept, as nothing else can ask for them; unless the request
         carried an Idempotency-Key: a retry of it must get the same answer (kept until the TTL)."""
         if not (request_headers.get() or {}).get("idempotency-key"):
-            self.core.drop_results(record)
+            self.core.inputs.drop_results(record)
 
     def _pictures(self, record: JobRecord) -> list[bytes]:
-        blobs = self.core.result_bytes(record)
+        blobs = self.core.inputs.result_bytes(record)
         if blobs is None:
             raise ServiceError("INPUT_EXPIRED", "the edited pictures expired before they could be sent")
         return blobs
 
     def respond(self, record: JobRecord, plan: Plan) -> ImagesResponse:
         if record.status != JobStatus.COMPLETED:
-            raise self._failure(record)
+            raise self.failure(record)
         if plan.response_format == "url":
             data = [
                 ImageData(url=url, revised_prompt=r.revised_prompt if plan.enhance else None)
-                for url, r in zip(self.core.result_urls(record), record.results, strict=True)
+                for url, r in zip(self.core.inputs.result_urls(record), record.results, strict=True)
             ]
         else:
             blobs = self._pictures(record)
@@ -281,71 +261,3 @@ class OpenAIService:
         )
 
     # -- streaming ---------------------------------------------------------------------------
-    def _previews(self, job_id: str) -> list[tuple[int, int, Path]]:
-        folder = self.core.files.path(f"previews/{job_id}")
-        if not folder.is_dir():
-            return []
-        found = []
-        for path in folder.iterdir():
-            match = _PREVIEW.match(path.name)
-            if match:
-                found.append((int(match[1]), int(match[2]), path))
-        return sorted(found)
-
-    async def stream(self, record: JobRecord, owner: str, plan: Plan) -> AsyncIterator[bytes]:
-        """``image_edit.partial_image`` events as the worker writes previews, then one
-        ``image_edit.completed`` per picture (or an ``error`` event), as the openai client reads them."""
-        sent: set[tuple[int, int]] = set()
-        finished = False
-        base = {"background": "opaque", "output_format": plan.output_format, "quality": plan.quality}
-        try:
-            while True:
-                record = await run_in_threadpool(self.core.get_job, record.id, owner)
-                # Previews are written before the job ends, so this scan after a terminal read is complete.
-                for image_index, partial_index, path in self._previews(record.id):
-                    if (image_index, partial_index) in sent:
-                        continue
-                    sent.add((image_index, partial_index))
-                    data = path.read_bytes()
-                    yield _sse(
-                        "image_edit.partial_image",
-                        base
-                        | {
-                            "type": "image_edit.partial_image",
-                            "b64_json": base64.b64encode(data).decode(),
-                            "created_at": int(time.time()),
-                            "partial_image_index": len(sent) - 1,
-                            "size": _picture_size(data),
-                        },
-                    )
-                if record.status.is_terminal():
-                    break
-                await asyncio.sleep(POLL_S)
-            finished = True
-            if record.status != JobStatus.COMPLETED:
-                failure = self._failure(record)
-                yield _sse("error", json.loads(render_error(failure).body))
-                return
-            usage = self._usage(record).model_dump()
-            blobs = self._pictures(record)
-            for blob, result in zip(blobs, record.results, strict=True):
-                event = base | {
-                    "type": "image_edit.completed",
-                    "b64_json": base64.b64encode(blob).decode(),
-                    "created_at": int(record.finished_at or time.time()),
-                    "size": f"{result.width}x{result.height}",
-                    "usage": usage,
-                }
-                if plan.enhance:
-                    event["revised_prompt"] = result.revised_prompt
-                yield _sse("image_edit.completed", event)
-            self._drop_inline(record)
-        finally:
-            if not finished:  # the client went away mid-stream: nobody will read this edit
-                self.core.cancel(record.id, owner)
-            self.core.files.delete_tree(f"previews/{record.id}")
-
-
-def _picture_size(data: bytes) -> str:
-    with Image.open(io.BytesIO(data)) as img:
-        return f"{img.width}x{img.height}"
