@@ -10,7 +10,7 @@ fake engine by default (``--engine fake``), so the figures are the queue's, not 
 - queue overhead: per job, total time from submit to completion minus the engine's own time (the
   queue wait, the claim, the store writes, the polling granularity of the worker).
 
-``Cluster`` and ``PodProcess`` are also the harness of tests/test_redis_*.py.
+``Cluster`` and ``PodProcess`` are also the harness of tests/system/test_redis_*.py.
 
     python benchmarks/queue_load.py --weights tiny-weights/weights.yaml --jobs 200 \\
         --append-results benchmarks/RESULTS.md
@@ -317,12 +317,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     import tempfile
 
-    from tests.redis_server import delete_prefix
+    from tests.support.redis_server import delete_prefix
 
     load_before = os.getloadavg()[0]
     root = Path(args.work_dir or tempfile.mkdtemp(prefix="queue-load-"))
     prefix = f"retouch-bench-{uuid.uuid4().hex[:8]}"
-    settings = {"engine_factory": "tests.fakes:FakeEngine"} if args.engine == "fake" else {}
+    settings = {"engine_factory": "tests.support.fakes:FakeEngine"} if args.engine == "fake" else {}
     cluster = Cluster(args.redis_url, prefix, Path(args.weights).resolve(), root, **settings)
     try:
         workers = [cluster.start("worker", f"gpu-{i + 1}") for i in range(args.worker_pods)]
@@ -343,8 +343,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"burst: {args.jobs} jobs sent at once from 16 threads round-robin to the API pods, each polled"
             " through another API pod; one-at-a-time: the next job is sent when the last one completed",
             "one worker process per worker pod; one Redis; one shared files directory; all on this machine",
-            "engine: fake = tests/fakes.py FakeEngine (4 steps of 5 ms plus encoding a 64x48 picture; its"
-            " time per job is the eng p50 column): the queue's figures, not the model's"
+            "engine: fake = tests/support/fakes.py FakeEngine (4 steps of 5 ms plus encoding a 64x48 picture;"
+            " its time per job is the eng p50 column): the queue's figures, not the model's"
             if args.engine == "fake"
             else "engine: the real engine on the given weights",
             f"1-minute load average before the run: {load_before:.2f} (machine shared with other work)",

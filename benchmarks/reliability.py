@@ -20,189 +20,190 @@ DOC = ROOT / "docs" / "reliability.md"
 ROWS: dict[str, tuple[str, str, str]] = {
     "keys": (
         "API keys hashed at rest, constant-time compare, X-API-Key and Bearer, scopes (401/403)",
-        "tests/test_security_access.py::test_keys_*",
+        "tests/contracts/test_keys_and_access.py::test_keys_*",
         "keys file holds no plaintext; wrong/missing key 401, wrong scope 403",
     ),
     "rate_limit": (
         "Per-key rate and concurrency limits: 429 with integer Retry-After; budgets: 402",
-        "tests/test_security_access.py::test_key_rate_concurrency_and_budget_limits",
+        "tests/contracts/test_keys_and_access.py::test_key_rate_concurrency_and_budget_limits",
         "requests over the limit / answered 429 with Retry-After",
     ),
     "bind_refusal": (
         "A non-loopback bind without keys refuses to start unless --insecure-no-auth",
-        "tests/test_security_access.py::test_serve_refuses_public_bind_without_keys",
+        "tests/contracts/test_keys_and_access.py::test_serve_refuses_public_bind_without_keys",
         "exit code and time to refuse",
     ),
     "queue_full": (
         "Full queue: 503 + Retry-After in < 50 ms; slot reserved before any fetch or decode",
-        "tests/test_reliability_overload.py::test_full_queue_rejects_fast_without_fetching_or_decoding",
+        "tests/system/test_reliability_overload.py::test_full_queue_rejects_fast_without_fetching_or_decoding",
         "burst size, latency p50/p99/max, fetches and decodes caused by the burst",
     ),
     "idempotency": (
         "Idempotency-Key: same key + body -> same job; other body -> 409",
-        "tests/test_reliability_overload.py::test_idempotency_key_*",
+        "tests/system/test_reliability_overload.py::test_idempotency_key_*",
         "replays, distinct jobs created",
     ),
     "budget_concurrent_sqlite": (
         "Budgets: a job's estimated cost is reserved atomically with queueing it (402 in each "
         "contract's shape when it does not fit); concurrent submissions from one key never overspend it",
-        "tests/test_budgets.py::test_budget_concurrent_http_submissions_from_one_key[sqlite]"
+        "tests/contracts/test_budgets_and_idempotency.py::test_budget_concurrent_http_submissions_from_one_key[sqlite]"
         " (store level, 16 threads: test_budget_concurrent_submissions_never_overspend)",
         "clients at once, budget, each job's reservation, admitted / refused, what is left",
     ),
     "budget_concurrent_redis": (
         "The same on the Redis store (one Lua script checks and reserves)",
-        "tests/test_budgets.py::test_budget_concurrent_http_submissions_from_one_key[redis]",
+        "tests/contracts/test_budgets_and_idempotency.py::test_budget_concurrent_http_submissions_from_one_key[redis]",
         "clients at once, budget, each job's reservation, admitted / refused, what is left",
     ),
     "budget_settled": (
         "Settled once when the job ends (completed, failed, cancelled, re-run after a dead worker); "
         "cost_usd stored at the price then in force: a later price change re-prices no history",
-        "tests/test_budgets.py::test_budget_balance_is_not_repriced_by_a_later_price,"
+        "tests/contracts/test_budgets_and_idempotency.py::test_budget_balance_is_not_repriced_by_a_later_price,"
         " test_budget_reservation_is_settled_once_at_the_end, test_budget_a_rerun_*",
         "prices before and after the change, the job's seconds and cost, the balance before and after",
     ),
     "budget_replay": (
         "An Idempotency-Key replay is looked up before the budget on all four contracts: answered with "
         "its job even while that job's reservation holds the whole budget; never reserved or charged twice",
-        "tests/test_budgets.py::test_budget_an_idempotent_replay_*, test_budget_a_replay_is_answered_*",
+        "tests/contracts/test_budgets_and_idempotency.py::test_budget_an_idempotent_replay_*,"
+        " test_budget_a_replay_is_answered_*",
         "contracts checked after completion / while the job's own reservation holds the budget",
     ),
     "body_caps": (
         "Caps on prompt, images, base64 and body size (413 before the body is read)",
-        "tests/test_security_inputs.py::test_request_caps_*",
+        "tests/system/test_security_inputs.py::test_request_caps_*",
         "body bytes the server read before answering 413",
     ),
     "ssrf": (
         "SSRF: loopback/private/link-local/metadata/ULA/multicast/mapped/odd encodings refused; "
         "DNS pinned; redirects re-checked (<= 3); allowlist opens exactly its entries",
-        "tests/test_security_fetch.py::test_ssrf_*,"
-        " tests/test_security_inputs.py::test_ssrf_over_http_is_a_clear_422",
+        "tests/unit/test_fetch_policy.py::test_ssrf_*,"
+        " tests/system/test_security_inputs.py::test_ssrf_over_http_is_a_clear_422",
         "addresses tried / refused, connections made to refused addresses",
     ),
     "fetch_limits": (
         "Fetch limits: size cap, total time, non-image content refused",
-        "tests/test_security_fetch.py::test_fetch_limits_*",
+        "tests/unit/test_fetch_policy.py::test_fetch_limits_*",
         "oversized / slow / non-image downloads refused and how long each took",
     ),
     "hostile_pictures": (
         "Hostile pictures (truncated, corrupt, bomb, CMYK, 16-bit, palette, alpha, EXIF, animated): "
         "upright RGB or a clear 4xx, never 500, never a hang",
-        "tests/test_security_inputs.py::test_hostile_pictures_over_http",
+        "tests/system/test_security_inputs.py::test_hostile_pictures_over_http",
         "cases tried, 5xx seen, slowest answer",
     ),
     "malformed_bodies": (
         "Malformed bodies (invalid UTF-8, 100k-deep nesting, 1e400, NaN/Infinity, non-object, wrong or "
         "missing content type, duplicate keys, truncated, broken multipart) on every JSON and multipart "
         "endpoint of every contract: a 4xx in the contract's own error shape, never 500",
-        "tests/test_security_bodies.py::test_malformed_bodies_get_a_4xx_in_each_contracts_shape",
+        "tests/contracts/test_bad_bodies.py::test_malformed_bodies_get_a_4xx_in_each_contracts_shape",
         "bodies x endpoints tried, 5xx seen, statuses answered",
     ),
     "huge_headers": (
         "A 1 MB header or 2000 headers: 431 from the server's own limits (RETOUCH_MAX_HEADER_BYTES, "
         "RETOUCH_MAX_HEADER_COUNT), not a connection reset",
-        "tests/test_security_bodies.py::test_huge_headers_answer_431_not_a_reset",
+        "tests/contracts/test_bad_bodies.py::test_huge_headers_answer_431_not_a_reset",
         "status per case against a real `retouch serve`, connection resets",
     ),
     "templates": (
         "Profile templates rendered in Jinja2's sandbox: no attribute escapes, files, or huge output",
-        "tests/test_security_inputs.py::test_profile_templates_are_sandboxed",
+        "tests/system/test_security_inputs.py::test_profile_templates_are_sandboxed",
         "escape attempts tried / refused",
     ),
     "fuzz": (
         "Fuzzing of the picture decoder (hypothesis): only clean decode errors",
-        "tests/test_security_fuzz.py::test_fuzz_decode_path",
+        "tests/system/test_security_fuzz.py::test_fuzz_decode_path",
         "inputs tried, unexpected exceptions",
     ),
     "schemathesis": (
         "schemathesis against /openapi.json: zero 5xx, zero schema violations",
-        "tests/test_security_fuzz.py::test_schemathesis_openapi",
+        "tests/system/test_security_fuzz.py::test_schemathesis_openapi",
         "requests sent, 5xx, schema violations",
     ),
     "kill9": (
         "kill -9 of a worker mid-job: job re-run and completed; no loss, no duplicate result or webhook",
-        "tests/test_reliability_faults.py::test_kill9_worker_mid_job_repeatedly (slow)",
+        "tests/system/test_reliability_faults.py::test_kill9_worker_mid_job_repeatedly (slow)",
         "kills, jobs lost, duplicate results, duplicate webhooks",
     ),
     "sigterm": (
         "SIGTERM: /readyz 503 at once, no new job taken, running job finishes in the grace period "
         "or goes back to the queue",
-        "tests/test_reliability_shutdown.py::test_sigterm_*",
+        "tests/system/test_reliability_shutdown.py::test_sigterm_*",
         "time to 503, jobs lost",
     ),
     "oom": (
         "GPU OOM: job fails with retryable GPU_OUT_OF_MEMORY; next job succeeds in the same worker",
-        "tests/test_reliability_faults.py::test_gpu_oom_and_nan_on_the_real_engine",
+        "tests/system/test_reliability_faults.py::test_gpu_oom_and_nan_on_the_real_engine",
         "worker pid before/after, next job status",
     ),
     "nan": (
         "NaN output fails the job (NON_FINITE_OUTPUT), never a black picture",
-        "tests/test_reliability_faults.py::test_gpu_oom_and_nan_on_the_real_engine",
+        "tests/system/test_reliability_faults.py::test_gpu_oom_and_nan_on_the_real_engine",
         "failure code, result files written",
     ),
     "timeout": (
         "A job over its time limit fails with JOB_TIMEOUT; the worker recovers",
-        "tests/test_reliability_faults.py::test_job_over_its_time_limit_fails_with_timeout_and_worker_goes_on"
-        " (a hung worker is killed: tests/test_server_workers.py::test_server_hung_job_times_out)",
+        "tests/system/test_reliability_faults.py::test_job_over_its_time_limit_fails_with_timeout_and_worker_goes_on"
+        " (a hung worker is killed: tests/system/test_server_workers.py::test_server_hung_job_times_out)",
         "time limit, when the job failed, the next job in the same worker",
     ),
     "watchdog": (
         "A hung worker (SIGSTOP) is killed (SIGKILL) and replaced after RETOUCH_WORKER_HANG_S; its job "
         "runs again; a long step is not a hang; /readyz's workers_alive counts live heartbeats only",
-        "tests/test_reliability_watchdog.py::test_stopped_worker_is_killed_and_replaced_long_step_is_not",
+        "tests/system/test_reliability_watchdog.py::test_stopped_worker_is_killed_and_replaced_long_step_is_not",
         "hang limit, when the stopped worker was killed and replaced, the job, /readyz contradictions",
     ),
     "storage_floor": (
         "Disk below RETOUCH_MIN_FREE_BYTES: uploads and submissions 503 STORAGE_FULL + Retry-After in "
         "each contract's shape, /readyz 503 with the reason, retouch_storage_full=1, no job taken; "
         "recovers once space is freed",
-        "tests/test_reliability_storage.py::test_disk_below_the_floor_refuses_writes_in_each_contract_and_recovers",
+        "tests/system/test_reliability_storage.py::test_disk_below_the_floor_refuses_writes_in_each_contract_and_recovers",
         "20 MB tmpfs: refusals, free space when low, time to ready after freeing, jobs lost, .part files",
     ),
     "storage_enospc_sqlite": (
         "ENOSPC on a job's result (files disk filled by another process; SQLite store): the job goes "
         "back to the queue, never stays processing; runs again once space is back, one result",
-        "tests/test_reliability_storage.py::test_disk_filled_under_a_running_job_sends_it_back_to_the_queue[sqlite]",
+        "tests/system/test_reliability_storage.py::test_disk_filled_under_a_running_job_sends_it_back_to_the_queue[sqlite]",
         "state after ENOSPC, time back in the queue, final state, result files, .part files",
     ),
     "storage_enospc_redis": (
         "The same on the Redis store",
-        "tests/test_reliability_storage.py::test_disk_filled_under_a_running_job_sends_it_back_to_the_queue[redis]",
+        "tests/system/test_reliability_storage.py::test_disk_filled_under_a_running_job_sends_it_back_to_the_queue[redis]",
         "state after ENOSPC, time back in the queue, final state, result files, .part files",
     ),
     "storage_db_full": (
         "Data disk (SQLite and files) filled to the last byte under a running job: no crash, /readyz "
         "says STORAGE_FULL, the supervisor backs off (one line per pause), the job completes once freed",
-        "tests/test_reliability_storage.py::test_full_database_disk_is_waited_out_without_a_crash",
+        "tests/system/test_reliability_storage.py::test_full_database_disk_is_waited_out_without_a_crash",
         "seconds full, supervisor failure lines (was one traceback per 0.5 s), worker exits, the job",
     ),
     "eta_cost_model": (
         "ETAs from a cost model: each job's units of work (transformer FLOPs of its sizes, pictures, "
         "steps and CFG; VAE pixels; per-picture and per-step constants) times rates fitted online "
         "from completed jobs; a queued job's ETA sums the work ahead",
-        "tests/test_eta_cost_model.py::test_eta_of_new_jobs_within_30_percent_on_the_tiny_set",
+        "tests/unit/test_eta_cost_model.py::test_eta_of_new_jobs_within_30_percent_on_the_tiny_set",
         "calibration jobs, then ETA / real (CPU) time of a new job per size and step count (1.0 = exact)",
     ),
     "webhooks": (
         "Webhooks: Standard Webhooks test vector, backoff + jitter on 5xx/429/timeouts, 410 stops, "
         "stable webhook-id, SSRF-safe sender",
-        "tests/test_reliability_webhooks.py::test_webhook_*",
+        "tests/system/test_reliability_webhooks.py::test_webhook_*",
         "attempts per scenario, distinct webhook-ids",
     ),
     "webhook_urls": (
         "Webhook URLs checked at submission with the input-URL policy: private, reserved and "
         "unresolvable receivers refused in each contract's shape (RETOUCH_FETCH_ALLOW opens them)",
-        "tests/test_reliability_webhooks.py::test_webhook_urls_are_checked_at_submission",
+        "tests/system/test_reliability_webhooks.py::test_webhook_urls_are_checked_at_submission",
         "receivers tried / refused at submit on imagepipeline and FASHN, allowlisted ones accepted",
     ),
     "webhook_status": (
         "The status body shows webhook delivery (pending, delivered, failed, attempts, last error)",
-        "tests/test_reliability_webhooks.py::test_status_shows_webhook_delivery",
+        "tests/system/test_reliability_webhooks.py::test_status_shows_webhook_delivery",
         "attempts shown when delivered (after one 500) and when failed (410), webhook bodies with the field",
     ),
     "result_urls": (
         "Result URLs: tampered -> 403, expired -> 410, another job's path with a valid signature -> 403",
-        "tests/test_reliability_webhooks.py::test_result_url_signatures",
+        "tests/system/test_reliability_webhooks.py::test_result_url_signatures",
         "status codes seen",
     ),
 }

@@ -106,7 +106,7 @@ def tiny_registry() -> dict:
             }
         },
         # The production tables (the committed weights.yaml), so every documented request runs on
-        # the demo: the tiny models run at any size (tests/test_tiny_and_cli.py keeps them equal).
+        # the demo: the tiny models run at any size (tests/engine/test_tiny_and_cli.py keeps them equal).
         "limits": dict(PRODUCTION_LIMITS),
         "resolutions": dict(PRODUCTION_RESOLUTIONS),
         "qualities": {name: dict(q) for name, q in PRODUCTION_QUALITIES.items()},

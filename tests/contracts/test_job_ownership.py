@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 
-from tests.server_harness import AsgiServer, make_settings, png_bytes
+from tests.support.server_harness import AsgiServer, make_settings, png_bytes
 
 PICTURE = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
 # contract -> (its job endpoint, how its own "not found" body reads)

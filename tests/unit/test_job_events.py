@@ -10,8 +10,8 @@ import multiprocessing
 import pytest
 
 from server.job_events import EventSender, JobEvents, socket_path
-from tests.redis_server import redis_url, unique_prefix  # noqa: F401 (fixture)
-from tests.server_harness import make_settings
+from tests.support.redis_server import redis_url, unique_prefix  # noqa: F401 (fixture)
+from tests.support.server_harness import make_settings
 
 
 def _publish(settings_json: str, job_id: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from server.secret_bootstrap import bootstrap_secrets
 from server.settings import Settings
-from tests.redis_server import delete_prefix, redis_url, unique_prefix  # noqa: F401 (fixture)
+from tests.support.redis_server import delete_prefix, redis_url, unique_prefix  # noqa: F401 (fixture)
 
 
 def test_one_machine_keeps_its_secrets_in_the_data_dir(tmp_path):

@@ -11,7 +11,7 @@ from server.errors import ServiceError
 from server.jobs import EditJob, InputRef, JobMeta
 from server.limits import Admission
 from server.store import JobStore, Pods, QueueFull, SQLiteStore, base
-from tests.redis_server import delete_prefix, redis_url, unique_prefix  # noqa: F401 (fixture)
+from tests.support.redis_server import delete_prefix, redis_url, unique_prefix  # noqa: F401 (fixture)
 
 ROLES = (
     base.JobQueue,
