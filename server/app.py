@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from pipelines.mime import mime_for_name
@@ -14,6 +14,7 @@ from pipelines.weights_set import describe
 
 from . import metrics, playground, signing
 from .contracts.base import discover
+from .contracts.common import api_key
 from .core import Core
 from .errors import ServiceError
 from .files import FileStore
@@ -109,9 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(body, status_code=200 if reason is None else 503)
 
     @app.get("/admin/v1/keys", tags=["admin"])
-    def list_api_keys(x_api_key: str | None = Header(default=None)) -> dict:
+    def list_api_keys(key: str | None = Depends(api_key(bearer_first=False))) -> dict:
         """The API keys (names, scopes, limits; never the keys or their hashes); scope admin."""
-        core.authenticate(x_api_key, scope="admin")
+        core.authenticate(key, scope="admin")
         return {"keys": [k.model_dump(exclude={"sha256"}) for k in core.keys.all()]}
 
     @app.get("/files/{kind}/{rest:path}", tags=["files"])

@@ -9,7 +9,6 @@ The owner id of a key is a prefix of its hash, so jobs, uploads and profiles nev
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import hmac
 import json
@@ -25,12 +24,6 @@ from .errors import ServiceError
 
 SCOPES = ("edit", "admin")
 KEY_PREFIX = "rt_"
-
-# Headers of the request being served, set by ``RequestGuard``; lets ``Core`` read ``Authorization``
-# and ``Idempotency-Key`` for every contract without each router passing them along.
-request_headers: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
-    "retouch_request_headers", default=None
-)
 
 
 def key_hash(api_key: str) -> str:
@@ -144,13 +137,14 @@ def bearer_key(authorization: str | None) -> str | None:
     return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
-def presented_key(api_key: str | None) -> str | None:
-    """The key a client sent: the contract's own header, else ``Authorization: Bearer``."""
-    if api_key:
-        # The OpenAI contract passes its Authorization header whole; a bare key is taken as is.
-        return bearer_key(api_key) or api_key
-    headers = request_headers.get() or {}
-    return bearer_key(headers.get("authorization")) or headers.get("x-api-key") or None
+def presented_key(authorization: str | None, x_api_key: str | None, *, bearer_first: bool) -> str | None:
+    """The key a client sent, in ``Authorization`` (``Bearer <key>``, or a bare key) or ``X-API-Key``;
+    ``bearer_first`` for the contracts whose own header is Authorization."""
+    bare = (authorization or "").strip()
+    # OpenAI's clients send "Bearer <key>"; a bare key (no scheme) is taken as is, another scheme is not a key
+    from_authorization = bearer_key(authorization) or (bare if bare and " " not in bare else None)
+    first, second = (from_authorization, x_api_key) if bearer_first else (x_api_key, from_authorization)
+    return first or second or None
 
 
 class KeyRing:
@@ -176,9 +170,8 @@ class KeyRing:
                 found = record
         return found
 
-    def authenticate(self, api_key: str | None, scope: str) -> str:
+    def authenticate(self, key: str | None, scope: str) -> str:
         """The owner id of an accepted key; 401 for a missing/unknown key, 403 for a missing scope."""
-        key = presented_key(api_key)
         if self.is_open():
             return owner_of(key or "")
         if not key:

@@ -103,13 +103,21 @@ class Core:
 
     # -- inputs ------------------------------------------------------------------------------
     # -- jobs --------------------------------------------------------------------------------
-    def submit(self, params: EditParams, image_urls: list[str], meta: JobMeta, **inputs: Any) -> JobRecord:
+    def submit(
+        self,
+        params: EditParams,
+        image_urls: list[str],
+        meta: JobMeta,
+        *,
+        idempotency_key: str | None = None,
+        **inputs: Any,
+    ) -> JobRecord:
         """Admit (server/limits.py: Idempotency-Key, caps, key limits, a reserved queue slot), then
         validate and queue; nothing is fetched or decoded before the slot is reserved."""
         body = {"params": dataclasses.asdict(params), "images": image_urls, "contract": meta.contract}
         body |= {"inputs": inputs, "callback_url": meta.callback_url, "profile_id": meta.profile_id}
         self.storage.check()  # before admission: an Idempotency-Key record is a write too
-        with self.admission.admit(meta.owner, params.prompt or "", body) as ticket:
+        with self.admission.admit(meta.owner, params.prompt or "", body, idempotency_key) as ticket:
             if ticket.existing_job_id is not None:
                 return self.get_job(ticket.existing_job_id, meta.owner)
             record = self._submit_admitted(params, image_urls, meta, **inputs)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth import KeyRing, request_headers
+from .auth import KeyRing
 from .errors import ServiceError
 from .store.base import AdmissionState, QueueFull
 
@@ -53,8 +53,7 @@ class Admission:
         self._reserved_by: Counter[str] = Counter()
 
     @contextmanager
-    def admit(self, owner: str, prompt: str, body: dict) -> Iterator[Ticket]:
-        idem_key = (request_headers.get() or {}).get("idempotency-key")
+    def admit(self, owner: str, prompt: str, body: dict, idem_key: str | None = None) -> Iterator[Ticket]:
         ticket = Ticket()
         if idem_key is not None:
             ticket.existing_job_id = self._idempotency(owner, idem_key, body)
@@ -186,7 +185,7 @@ def _flat_routes(routes: Sequence) -> Iterator:
 
 class RequestGuard:
     """Pure ASGI middleware: refuses bodies over ``max_bytes`` (by Content-Length before reading a
-    byte, else by counting while the app reads) and publishes the request headers to ``Core``."""
+    byte, else by counting while the app reads)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, routes: Sequence = ()):
         self.app = app
@@ -198,16 +197,12 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        token = request_headers.set(headers)
-        try:
-            declared = headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self.max_bytes:
-                await self._refuse(scope, receive, send)
-                return
-            await self._guarded(scope, receive, send)
-        finally:
-            request_headers.reset(token)
+        lengths = (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"content-length")
+        declared = next(lengths, "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        await self._guarded(scope, receive, send)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = {"read": 0, "over": False, "started": False, "swallow": False}

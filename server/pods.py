@@ -16,9 +16,10 @@ import socket
 import subprocess
 import threading
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Depends
 
 from . import memory_report
+from .contracts.common import api_key
 from .errors import ServiceError
 from .settings import Settings
 
@@ -194,9 +195,9 @@ def build_servers_router(core, pods: PodAgent) -> APIRouter:
     router = APIRouter(tags=["admin"])
 
     @router.get("/v1/servers")
-    def list_servers(x_api_key: str | None = Header(default=None)) -> dict:
+    def list_servers(key: str | None = Depends(api_key(bearer_first=False))) -> dict:
         """Live pods: server_id, role, GPUs, models and LoRAs held, workers, heartbeat age. Scope admin."""
-        core.authenticate(x_api_key, scope="admin")
+        core.authenticate(key, scope="admin")
         servers = [
             {
                 **{k: v for k, v in p.items() if k not in ("heartbeat_at", "pid")},

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from fastapi import Request
+from fastapi import Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Form
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
+from ..auth import presented_key
 from ..errors import ServiceError
 from .json_body import parse_json_object
 
@@ -93,3 +94,20 @@ def route_class(render: ErrorRenderer) -> type[APIRoute]:
             return guarded
 
     return ContractRoute
+
+
+def api_key(*, bearer_first: bool):
+    """The FastAPI dependency giving the key a request carries (``Authorization`` or ``X-API-Key``;
+    ``bearer_first`` where Authorization is the contract's own header)."""
+
+    def presented(
+        authorization: str | None = Header(default=None), x_api_key: str | None = Header(default=None)
+    ) -> str | None:
+        return presented_key(authorization, x_api_key, bearer_first=bearer_first)
+
+    return presented
+
+
+def idempotency_key(key: str | None = Header(default=None, alias="Idempotency-Key")) -> str | None:
+    """A retried submission's key (server/limits.py Admission): the same key, the same job."""
+    return key

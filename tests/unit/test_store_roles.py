@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from server.auth import request_headers
 from server.errors import ServiceError
 from server.jobs import EditJob, InputRef, JobMeta
 from server.limits import Admission
@@ -84,17 +83,13 @@ def test_a_full_store_is_answered_with_the_settings_retry_after(tmp_path):
     the client gets the same 503 QUEUE_FULL and Retry-After as the admission's own refusal."""
     store = SQLiteStore(tmp_path / "db.sqlite3")
     admission = _admission(tmp_path, store)
-    token = request_headers.set({"idempotency-key": "order-1"})
-    try:
-        with pytest.raises(ServiceError) as err, admission.admit("o", "p", {"a": 1}):
-            raise QueueFull(12)
-        assert type(err.value) is ServiceError
-        assert (err.value.code, err.value.http_status, err.value.retry_after_s) == ("QUEUE_FULL", 503, 7)
-        assert err.value.message == "the queue is full (12 jobs waiting); retry later"
-        # the refused request's Idempotency-Key may be used again
-        assert store.idempotency_begin("o", "order-1", "x", 60.0)[0] == "new"
-    finally:
-        request_headers.reset(token)
+    with pytest.raises(ServiceError) as err, admission.admit("o", "p", {"a": 1}, "order-1"):
+        raise QueueFull(12)
+    assert type(err.value) is ServiceError
+    assert (err.value.code, err.value.http_status, err.value.retry_after_s) == ("QUEUE_FULL", 503, 7)
+    assert err.value.message == "the queue is full (12 jobs waiting); retry later"
+    # the refused request's Idempotency-Key may be used again
+    assert store.idempotency_begin("o", "order-1", "x", 60.0)[0] == "new"
 
 
 def test_the_admission_refusal_is_unchanged(tmp_path):

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from ...auth import bearer_key
 from ...errors import ServiceError
 from ...multipart import FormLimits, open_form, read_file, read_upload
-from ..common import route_class
+from ..common import api_key, idempotency_key, route_class
 from ..json_body import parse_json_object
 from .protocol import (
     DepictaErrorBody,
@@ -93,11 +92,9 @@ def build_router(service: DepictaService) -> APIRouter:
     core = service.core
     router = APIRouter(route_class=route_class(render_error), tags=["depicta"], responses=_ERRORS)
 
-    def owner(
-        authorization: str | None = Header(default=None), x_api_key: str | None = Header(default=None)
-    ) -> str:
+    def owner(key: str | None = Depends(api_key(bearer_first=True))) -> str:
         # The Depicta CLI sends a Bearer token; X-API-Key works too, as on the other contracts.
-        return core.authenticate(bearer_key(authorization) or x_api_key)
+        return core.authenticate(key)
 
     @router.post("/v1/upload", response_model=DepictaUploadResponse, openapi_extra=_UPLOAD_BODY)
     async def upload(request: Request, who: str = Depends(owner)) -> DepictaUploadResponse:
@@ -105,14 +102,16 @@ def build_router(service: DepictaService) -> APIRouter:
         return await run_in_threadpool(service.upload, data, filename, who)
 
     @router.post("/v1/edit/image", response_model=GenerationResponse, openapi_extra=_EDIT_BODY)
-    async def edit_image(request: Request, who: str = Depends(owner)) -> JSONResponse:
+    async def edit_image(
+        request: Request, who: str = Depends(owner), idem: str | None = Depends(idempotency_key)
+    ) -> JSONResponse:
         """Synchronous: answers when the edit is done. The job id is in ``X-Depicta-Job-Id`` on
         every answer after the job was queued, and the job stays readable at ``/v1/jobs/{id}``."""
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             req = await _form_request(request, who)
         else:
             req = _validated(parse_json_object(await request.body()))
-        record = await run_in_threadpool(service.submit, req, who)
+        record = await run_in_threadpool(service.submit, req, who, idem)
         try:
             record = await service.wait(record, request)
             body = await run_in_threadpool(service.generation, record)

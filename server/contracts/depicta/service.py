@@ -122,7 +122,7 @@ class DepictaService(ContractService):
         )
 
     # -- edits -------------------------------------------------------------------------------
-    def submit(self, req: EditRequest, owner: str) -> JobRecord:
+    def submit(self, req: EditRequest, owner: str, idempotency_key: str | None = None) -> JobRecord:
         default, known = self._models()
         model = req.model or default
         if model not in known:
@@ -150,7 +150,12 @@ class DepictaService(ContractService):
             for i, ref in enumerate(req.reference_images)
         ]
         return self.core.submit(
-            params, [req.input_image_url], meta, image_field="input_image_url", references=references
+            params,
+            [req.input_image_url],
+            meta,
+            image_field="input_image_url",
+            references=references,
+            idempotency_key=idempotency_key,
         )
 
     async def wait(self, record: JobRecord, request: Request) -> JobRecord:

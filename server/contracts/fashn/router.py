@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 
-from ...auth import bearer_key
-from ..common import route_class
+from ..common import api_key, idempotency_key, route_class
 from .protocol import FashnErrorBody, FashnStatusResponse, RunRequest, RunResponse
 from .service import FashnService, render_error
 
@@ -20,15 +19,15 @@ def build_router(service: FashnService) -> APIRouter:
     core = service.core
     router = APIRouter(route_class=route_class(render_error), tags=["fashn"], responses=_ERRORS)
 
-    def owner(
-        authorization: str | None = Header(default=None), x_api_key: str | None = Header(default=None)
-    ) -> str:
+    def owner(key: str | None = Depends(api_key(bearer_first=True))) -> str:
         # The FASHN client sends a Bearer token; X-API-Key works too, as on the other contracts.
-        return core.authenticate(bearer_key(authorization) or x_api_key)
+        return core.authenticate(key)
 
     @router.post("/v1/run", response_model=RunResponse)
-    def run(req: RunRequest, who: str = Depends(owner)) -> RunResponse:
-        return service.submit(req, who)
+    def run(
+        req: RunRequest, who: str = Depends(owner), idem: str | None = Depends(idempotency_key)
+    ) -> RunResponse:
+        return service.submit(req, who, idem)
 
     @router.get("/v1/status/{prediction_id}", response_model=FashnStatusResponse)
     def status(prediction_id: str, who: str = Depends(owner)) -> JSONResponse:

@@ -86,7 +86,7 @@ class FashnService(ContractService):
         if record.meta.inline_results and record.status == JobStatus.COMPLETED:
             self.core.inputs.drop_results(record)
 
-    def submit(self, req: RunRequest, owner: str) -> RunResponse:
+    def submit(self, req: RunRequest, owner: str, idempotency_key: str | None = None) -> RunResponse:
         inputs = req.inputs
         if req.webhook_url is not None:  # the policy of input URLs, told now rather than never
             check_callback_url(req.webhook_url, self.core.inputs.fetch_policy, "webhook_url")
@@ -113,7 +113,13 @@ class FashnService(ContractService):
         )
         mask = NamedInput(inputs.mask, "inputs.mask") if inputs.mask else None
         record = self.core.submit(
-            params, [inputs.image], meta, image_field="inputs.image", references=references, mask=mask
+            params,
+            [inputs.image],
+            meta,
+            image_field="inputs.image",
+            references=references,
+            mask=mask,
+            idempotency_key=idempotency_key,
         )
         return RunResponse(id=record.id)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ...multipart import read_upload
-from ..common import route_class
+from ..common import api_key, idempotency_key, route_class
 from .protocol import (
     EditRequest,
     ImagePipelineErrorBody,
@@ -44,12 +44,14 @@ def build_router(service: ImagePipelineService) -> APIRouter:
     core = service.core
     router = APIRouter(route_class=route_class(render_error), tags=["imagepipeline"], responses=_ERRORS)
 
-    def owner(x_api_key: str | None = Header(default=None)) -> str:
-        return core.authenticate(x_api_key)
+    def owner(key: str | None = Depends(api_key(bearer_first=False))) -> str:
+        return core.authenticate(key)
 
     @router.post("/edit/image/v1", response_model=SubmitResponse, status_code=200)
-    def submit_edit(req: EditRequest, who: str = Depends(owner)) -> SubmitResponse:
-        return service.submit(req, who)
+    def submit_edit(
+        req: EditRequest, who: str = Depends(owner), idem: str | None = Depends(idempotency_key)
+    ) -> SubmitResponse:
+        return service.submit(req, who, idem)
 
     @router.get("/edit/image/v1/status/{job_id}", response_model=StatusResponse)
     def edit_status(job_id: str, who: str = Depends(owner)) -> StatusResponse:

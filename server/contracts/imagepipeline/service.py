@@ -68,7 +68,7 @@ class ImagePipelineService(ContractService):
         return self.render_status(record).model_dump(exclude={"webhook"})
 
     # -- edits -------------------------------------------------------------------------------
-    def submit(self, req: EditRequest, owner: str) -> SubmitResponse:
+    def submit(self, req: EditRequest, owner: str, idempotency_key: str | None = None) -> SubmitResponse:
         self.core.check_server_id(req.server_id)  # a pinned pod must exist and be alive (server/pods.py)
         if req.mask_segment is not None:
             raise ServiceError(
@@ -111,7 +111,9 @@ class ImagePipelineService(ContractService):
             server_id=req.server_id,
         )
         mask = NamedInput(req.mask_image, "mask_image") if req.mask_image is not None else None
-        record = self.core.submit(params, images, meta, image_field="input_image", mask=mask)
+        record = self.core.submit(
+            params, images, meta, image_field="input_image", mask=mask, idempotency_key=idempotency_key
+        )
         return SubmitResponse(
             job_id=record.id,
             estimated_time_seconds=round(record.estimated_seconds or self.core.estimate_new(record)),

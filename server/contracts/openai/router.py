@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..common import route_class
+from ..common import api_key, idempotency_key, route_class
 from .parsing import parse_edit_request
 from .protocol import EditRequest, ImagesResponse, ModelCard, ModelList, OpenAIErrorBody
 from .service import OpenAIService, render_error
@@ -65,8 +65,8 @@ def build_router(service: OpenAIService) -> APIRouter:
     router = APIRouter(prefix="/v1", route_class=route_class(render_error), tags=["openai"])
     errors = {code: {"model": OpenAIErrorBody} for code in (400, 401, 404, 413, 429, 500, 503)}
 
-    def owner(authorization: str | None = Header(default=None)) -> str:
-        return core.authenticate(authorization)
+    def owner(key: str | None = Depends(api_key(bearer_first=True))) -> str:
+        return core.authenticate(key)
 
     @router.get("/models", response_model=ModelList, responses=errors)
     def list_models(who: str = Depends(owner)) -> ModelList:
@@ -83,9 +83,11 @@ def build_router(service: OpenAIService) -> APIRouter:
         openapi_extra=EDIT_REQUEST_DOC,
         responses={**errors, 200: STREAM_DOC},
     )
-    async def edit_images(request: Request, who: str = Depends(owner)):
+    async def edit_images(
+        request: Request, who: str = Depends(owner), idem: str | None = Depends(idempotency_key)
+    ):
         req, image_field = await parse_edit_request(request)
-        record, plan = await run_in_threadpool(service.submit, req, who, image_field=image_field)
+        record, plan = await run_in_threadpool(service.submit, req, who, idem, image_field=image_field)
         headers = {JOB_ID_HEADER: record.id}
         if plan.stream:
             headers["Cache-Control"] = "no-cache"

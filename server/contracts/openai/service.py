@@ -21,7 +21,6 @@ from fastapi.responses import JSONResponse
 from pipelines.registry import PublicModel, QualityPreset
 from pipelines.spec import EditParams
 
-from ...auth import request_headers
 from ...core import NamedInput
 from ...errors import ServiceError, http_status_for
 from ...jobs import JobMeta, JobRecord, JobStatus
@@ -81,6 +80,8 @@ class Plan:
     output_format: str
     enhance: bool
     stream: bool
+    # a request with an Idempotency-Key: a retry must get the same pictures, so they are kept (TTL)
+    keep_results: bool = False
 
 
 class OpenAIService(ContractService):
@@ -146,7 +147,9 @@ class OpenAIService(ContractService):
             )
         return width, height
 
-    def submit(self, req: EditRequest, owner: str, *, image_field: str) -> tuple[JobRecord, Plan]:
+    def submit(
+        self, req: EditRequest, owner: str, idempotency_key: str | None = None, *, image_field: str
+    ) -> tuple[JobRecord, Plan]:
         public = self.public_models().get(req.model)
         if public is None:
             raise self._unknown_model(req.model)
@@ -189,13 +192,15 @@ class OpenAIService(ContractService):
             url = req.mask if isinstance(req.mask, str) else req.mask.image_url
             inputs["mask"] = NamedInput(url=url, field="mask")
         meta = JobMeta(contract=CONTRACT, owner=owner, options={"model": req.model, "quality": quality_name})
-        record = self.core.submit(params, [i.image_url for i in req.images], meta, **inputs)
+        images = [i.image_url for i in req.images]
+        record = self.core.submit(params, images, meta, idempotency_key=idempotency_key, **inputs)
         plan = Plan(
             quality=quality_name,
             response_format=req.response_format or "b64_json",
             output_format=output_format,
             enhance=public.enhance_prompt,
             stream=req.stream,
+            keep_results=idempotency_key is not None,
         )
         return record, plan
 
@@ -220,10 +225,10 @@ class OpenAIService(ContractService):
             total_tokens=out, input_tokens=0, output_tokens=out, input_tokens_details=InputTokensDetails()
         )
 
-    def _drop_inline(self, record: JobRecord) -> None:
+    def _drop_inline(self, record: JobRecord, plan: Plan) -> None:
         """Pictures sent inline are not kept, as nothing else can ask for them; unless the request
         carried an Idempotency-Key: a retry of it must get the same answer (kept until the TTL)."""
-        if not (request_headers.get() or {}).get("idempotency-key"):
+        if not plan.keep_results:
             self.core.inputs.drop_results(record)
 
     def _pictures(self, record: JobRecord) -> list[bytes]:
@@ -242,7 +247,7 @@ class OpenAIService(ContractService):
             ]
         else:
             blobs = self._pictures(record)
-            self._drop_inline(record)
+            self._drop_inline(record, plan)
             data = [
                 ImageData(
                     b64_json=base64.b64encode(blob).decode(),

@@ -85,7 +85,7 @@ async def stream(service: OpenAIService, record: JobRecord, owner: str, plan: Pl
             if plan.enhance:
                 event["revised_prompt"] = result.revised_prompt
             yield _sse("image_edit.completed", event)
-        service._drop_inline(record)
+        service._drop_inline(record, plan)
     finally:
         if not finished:  # the client went away mid-stream: nobody will read this edit
             service.core.cancel(record.id, owner)
