@@ -27,7 +27,7 @@ def _load(weights: str) -> Registry:
 
 
 def pull_command(weights: str, only: str | None) -> None:
-    from .weights_manifest import pull
+    from .weights_pull import pull
 
     registry = _load(weights)
     try:

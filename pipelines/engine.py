@@ -6,16 +6,16 @@ import secrets
 import time
 from importlib import metadata
 
-import numpy as np
 import torch
 from PIL import Image
 
 from . import acceleration, postprocess
 from . import images as imageio
 from .enhance import enhance_prompt
-from .errors import EngineError, GPUOutOfMemoryError, InvalidInputError, NonFiniteOutputError
+from .errors import EngineError, GPUOutOfMemoryError, InvalidInputError
 from .loader import load_edit_model, load_refiner
 from .prompting import build_prompt
+from .refine import refine, tile_vae_above
 from .registry import Registry, require_files
 from .sizing import job_sizes
 from .spec import EditResult, EditSpec, OutputImage, PreviewCallback, ProgressCallback
@@ -136,14 +136,15 @@ class EditEngine:
             timings["enhance"] = enhance_seconds
         at_steps = preview_steps(plan["steps"], spec.partial_images) if on_preview is not None else []
         outputs: list[OutputImage] = []
-        _tile_vae_above(
+        tile_vae_above(
             self.edit.pipe.vae, edit_size[0] * edit_size[1], self.edit.entry.vae_tiling_above_pixels
         )
         for k in range(spec.num_images):
             seed = (base_seed + k) % (MAX_SEED + 1)
 
             def preview(step: int, picture: Image.Image, k=k, seed=seed) -> None:
-                on_preview(k, at_steps.index(step), _encode_output(picture, spec, seed))
+                encoded = imageio.encode_output(picture, spec.output_format, spec.output_quality, seed)
+                on_preview(k, at_steps.index(step), encoded)
 
             result = self.edit.pipe(
                 pictures + references,
@@ -169,7 +170,7 @@ class EditEngine:
                 picture = postprocess.upscale(picture, *final_size)
             if refine_strength > 0:
                 t0 = time.perf_counter()
-                picture = self._refine(picture, user_prompt, refine_strength, seed, progress)
+                picture = refine(self.refiner, picture, user_prompt, refine_strength, seed, progress)
                 timings["refine"] += time.perf_counter() - t0
 
             # 4. Post-process and encode
@@ -180,7 +181,7 @@ class EditEngine:
             if mask is not None:
                 alpha = postprocess.feathered_mask(mask, spec.mask_feather_px)
                 picture = postprocess.composite(picture, original, alpha)
-            outputs.append(_encode_output(picture, spec, seed))
+            outputs.append(imageio.encode_output(picture, spec.output_format, spec.output_quality, seed))
             timings["postprocess"] += time.perf_counter() - t0
         progress("postprocess", spec.num_images, spec.num_images)
         timings["total"] = time.perf_counter() - started
@@ -264,41 +265,6 @@ class EditEngine:
                 strength = cap
         return strength
 
-    def _refine(self, picture: Image.Image, prompt: str, strength: float, seed: int, progress) -> Image.Image:
-        pipe, entry = self.refiner.pipe, self.refiner.entry
-        w, h = picture.size
-        _tile_vae_above(pipe.vae, w * h, entry.vae_tiling_above_pixels)
-
-        def on_step(p, i, t, kwargs):
-            progress("refine", i + 1, p.num_timesteps)
-            visiting = getattr(pipe, "transformer_hook", None)
-            if visiting is not None and i + 1 == p.num_timesteps:
-                visiting.offload()  # the last step is done: the decode needs its room
-            return kwargs
-
-        texts: dict = {"prompt": prompt}
-        if getattr(pipe, "text_encoder_hook", None) is not None:
-            # Encode first so the offloaded text encoder leaves the GPU before the denoise loop.
-            cfg = entry.default_guidance > 1
-            embeds, negative = pipe.encode_prompt(prompt, device=pipe.device, do_classifier_free_guidance=cfg)
-            acceleration.release_text_encoder(pipe)
-            texts = {"prompt_embeds": embeds} | ({"negative_prompt_embeds": negative} if cfg else {})
-        out = pipe(
-            **texts,
-            image=picture,
-            strength=strength,
-            height=h,
-            width=w,
-            num_inference_steps=entry.default_steps,
-            guidance_scale=entry.default_guidance,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            output_type="np",
-            callback_on_step_end=on_step,
-        ).images[0]
-        if not np.isfinite(out).all():
-            raise NonFiniteOutputError("the refiner produced NaN/Inf pixels; no picture was returned")
-        return Image.fromarray((out * 255).round().clip(0, 255).astype(np.uint8))
-
     def _record(self, plan, seed, edit_size, final_size, refine_strength, spec) -> dict:
         scheduler = self.edit.schedulers[plan["scheduler"]]
         hashes = dict(self.edit.hashes)
@@ -324,25 +290,3 @@ class EditEngine:
 
 
 __all__ = ["EditEngine", "EngineError"]
-
-
-def _encode_output(picture: Image.Image, spec: EditSpec, seed: int) -> OutputImage:
-    data = imageio.encode_image(picture, spec.output_format, spec.output_quality)
-    return OutputImage(
-        data=data,
-        mime_type=imageio.MIME_TYPES[spec.output_format],
-        format=spec.output_format,
-        width=picture.size[0],
-        height=picture.size[1],
-        sha256=imageio.sha256_hex(data),
-        seed=seed,
-    )
-
-
-def _tile_vae_above(vae, pixels: int, threshold: int) -> None:
-    """Decode in tiles above ``threshold`` pixels: the VAE's mid-block attention grows with the square
-    of the latent area, so large pictures are decoded in overlapping tiles instead."""
-    if pixels > threshold:
-        vae.enable_tiling()
-    else:
-        vae.disable_tiling()

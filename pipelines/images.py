@@ -25,6 +25,7 @@ from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
 from .errors import EngineError, ImageDecodeError, ImageTooLargeError, InvalidInputError
 from .mime import MIME_TYPES  # re-exported: the engine and its tests read it from here
+from .spec import OutputImage
 
 # TIFF is common for print/CMYK assets. Phone MPO files open through the JPEG entry.
 _FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
@@ -261,3 +262,17 @@ def is_ai_marked(data: bytes) -> bool:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def encode_output(picture: Image.Image, fmt: str, quality: int, seed: int) -> OutputImage:
+    """An engine result: the picture encoded, with its type, size, hash and the seed it came from."""
+    data = encode_image(picture, fmt, quality)
+    return OutputImage(
+        data=data,
+        mime_type=MIME_TYPES[fmt],
+        format=fmt,
+        width=picture.size[0],
+        height=picture.size[1],
+        sha256=sha256_hex(data),
+        seed=seed,
+    )

@@ -78,7 +78,7 @@ class Workload:
     condition_pictures: int  # pictures plus references the Plus pipeline encodes, worst case
     vae_condition_pixels: int
     refiner_tiling_above_pixels: int
-    # the engine decodes in tiles above this area, which bounds the VAE's peak (engine._tile_vae_above)
+    # the engine decodes in tiles above this area, which bounds the VAE's peak (refine.tile_vae_above)
     edit_tiling_above_pixels: int = 2048 * 2048
     reference_steps: int = 8  # Lightning-8, the default fast path
     refine_steps: int = 3  # Z-Image-Turbo's 9 steps at the 2k/4k upscale strength 0.3

@@ -27,10 +27,10 @@ from pipelines.weights_bundle import bundle, import_bundle
 from pipelines.weights_manifest import (
     HASH_CACHE_NAME,
     ManifestError,
-    pull,
     verify,
     write_manifest,
 )
+from pipelines.weights_pull import pull
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL_HUB = {n: getattr(huggingface_hub, n) for n in ("model_info", "snapshot_download", "hf_hub_download")}
