@@ -35,6 +35,18 @@ def engine(registry):
     return EditEngine(registry)
 
 
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """The one shared in-process server (default test settings, any key accepted, the fake engine
+    in a real worker process) for the modules whose behaviour needs nothing special of it."""
+    from tests.support.server_harness import AsgiServer, make_settings
+
+    srv = AsgiServer(make_settings(tmp_path_factory.mktemp("served")))
+    srv.wait_ready()
+    yield srv
+    srv.close()
+
+
 def make_photo(width: int = 96, height: int = 64, seed: int = 0) -> Image.Image:
     """A picture with gradients and shapes, so edits and composites have something to change."""
     rng = np.random.default_rng(seed)

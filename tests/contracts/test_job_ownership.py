@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 
-from tests.support.server_harness import AsgiServer, make_settings, png_bytes
+from tests.support.server_harness import png_bytes
 
 PICTURE = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
 # contract -> (its job endpoint, how its own "not found" body reads)
@@ -22,12 +22,9 @@ JOB_ENDPOINTS = {
 CONTRACTS = [*JOB_ENDPOINTS, "openai"]  # OpenAI's edit is synchronous: it has no job endpoint
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = AsgiServer(make_settings(tmp_path_factory.mktemp("ownership")))
-    srv.wait_ready()
-    yield srv
-    srv.close()
+@pytest.fixture
+def server(served):
+    return served
 
 
 def submit(srv, contract: str, key: str) -> str:

@@ -12,12 +12,9 @@ from PIL import Image
 from tests.support.server_harness import BASE_URL, AsgiServer, make_settings, png_bytes
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = AsgiServer(make_settings(tmp_path_factory.mktemp("http")))
-    srv.wait_ready()
-    yield srv
-    srv.close()
+@pytest.fixture
+def server(served):
+    return served
 
 
 def _data_url(data: bytes) -> str:
