@@ -80,6 +80,31 @@ class Performance(_Strict):
         return self
 
 
+# Open licences under which serving a model needs no one's acceptance (SPDX ids).
+PERMISSIVE_LICENSES = frozenset({"Apache-2.0", "MIT", "BSD-2-Clause", "BSD-3-Clause", "CC0-1.0"})
+
+
+class License(_Strict):
+    """A model's licence: an SPDX id, or a name and the URL of its text (research licences)."""
+
+    id: str | None = None
+    name: str | None = None
+    url: str | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> License:
+        if not self.id and not (self.name and self.url):
+            raise ValueError("give an SPDX id, or a name and the URL of the licence text")
+        return self
+
+    @property
+    def permissive(self) -> bool:
+        return self.id in PERMISSIVE_LICENSES
+
+    def describe(self) -> str:
+        return self.id if self.id and not self.name else f"{self.name or self.id} ({self.url or self.id})"
+
+
 class ModelEntry(_Strict):
     roles: list[Role]
     pipeline: PipelineKind
@@ -97,6 +122,10 @@ class ModelEntry(_Strict):
     # Larger outputs are decoded (and refined) in VAE tiles.
     vae_tiling_above_pixels: int = Field(default=2048 * 2048, ge=1)
     performance: Performance = Field(default_factory=Performance)
+    # None: not stated, which serves as if it were not permissive (accept_license needed)
+    license: License | None = None
+    # the operator has read a non-permissive licence and accepts its terms for this deployment
+    accept_license: bool = False
 
 
 class ModePreset(_Strict):
@@ -236,6 +265,19 @@ class Registry(_Strict):
             if lora.steps == steps and lora.scheduler is not None:
                 return lora_name
         return None
+
+    def unaccepted_licenses(self) -> list[str]:
+        """One line per model whose licence is not a permissive open one and was not accepted."""
+        refused = []
+        for name, model in self.models.items():
+            if model.accept_license or (model.license is not None and model.license.permissive):
+                continue
+            what = model.license.describe() if model.license else "no licence stated"
+            refused.append(
+                f"models.{name}: {what} is not a permissive open licence; read it and set "
+                f"models.{name}.accept_license: true to serve this model"
+            )
+        return refused
 
     def missing_files(self) -> list[str]:
         """Human-readable list of declared files/folders that are not on disk."""

@@ -47,6 +47,9 @@ def serve_command(flags: dict, demo_if_missing: str | None = None) -> None:
     try:
         # Fail here, with the list of missing paths, rather than in every worker later.
         registry = load_registry(settings.weights)
+        refused = registry.unaccepted_licenses()  # before any file is looked at: it is the declaration
+        if refused:
+            raise RegistryError(f"{registry.source}: licences not accepted:\n  " + "\n  ".join(refused))
         # An API pod validates jobs against weights.yaml but loads no weights; a custom engine
         # factory (benchmarks' full-size random models, test fakes) brings its own.
         loads_files = (

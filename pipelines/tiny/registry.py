@@ -56,6 +56,8 @@ def tiny_registry() -> dict:
             "qwen-image-edit-tiny": {
                 "roles": ["edit", "edit_plus", "inpaint"],
                 "pipeline": "qwen_image_edit_plus",
+                # random weights made by `retouch weights tiny`, under the licence of the models they mimic
+                "license": {"id": "Apache-2.0"},
                 "path": "qwen-image-edit",
                 "hub_id": "retouch/tiny-random-qwen-image-edit",
                 "revision": "local",
@@ -88,6 +90,7 @@ def tiny_registry() -> dict:
             "z-image-turbo-tiny": {
                 "roles": ["refiner"],
                 "pipeline": "z_image_img2img",
+                "license": {"id": "Apache-2.0"},
                 "path": "z-image-turbo",
                 "hub_id": "retouch/tiny-random-z-image-turbo",
                 "revision": "local",

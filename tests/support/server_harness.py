@@ -25,6 +25,7 @@ models:
   edit:
     roles: [edit, edit_plus, inpaint]
     pipeline: qwen_image_edit_plus
+    license: {id: Apache-2.0}
     path: edit
     hub_id: test/edit
     revision: local
@@ -35,6 +36,7 @@ models:
   refiner:
     roles: [refiner]
     pipeline: z_image_img2img
+    license: {id: Apache-2.0}
     path: refiner
     hub_id: test/refiner
     revision: local
