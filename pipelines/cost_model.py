@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import flops
+from .errors import RegistryError
 from .registry import Registry
 from .sizing import job_sizes
 from .spec import EditParams
@@ -52,11 +53,11 @@ def job_work(
     masked: bool = False,
 ) -> dict[str, float]:
     """The units of work of a job (WORK_FEATURES), given the sizes of its decoded pictures."""
-    folder, entry = _model_folder(registry, "edit_plus")
-    if entry is None:
-        folder, entry = _model_folder(registry, "edit")
-    if entry is None:
+    try:
+        _, entry = registry.edit_model(spec.model)
+    except RegistryError:
         return {}
+    folder = str(registry.resolve(entry.path))
     edit, final, upscaled = job_sizes(
         image_sizes[0], width=spec.width, height=spec.height, aspect_ratio=spec.aspect_ratio,
         resolution=spec.resolution, masked=masked, limits=registry.limits,

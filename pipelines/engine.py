@@ -12,7 +12,7 @@ from PIL import Image
 from . import acceleration, postprocess
 from . import images as imageio
 from .enhance import enhance_prompt
-from .errors import EngineError, GPUOutOfMemoryError, InvalidInputError
+from .errors import EngineError, GPUOutOfMemoryError, InvalidInputError, UnsupportedFeatureError
 from .loader import load_edit_model, load_refiner
 from .prompting import build_prompt
 from .refine import refine, tile_vae_above
@@ -79,6 +79,10 @@ class EditEngine:
     ) -> EditResult:
         # 1. Check the job against the registry and decode every picture safely
         warnings = check_spec(spec, self.registry)
+        if spec.model not in (None, self.edit.name):
+            raise UnsupportedFeatureError(
+                f"this engine holds {self.edit.name}, the job asks for {spec.model}", field="model"
+            )
         if not 0 <= spec.partial_images <= MAX_PARTIAL_IMAGES:
             raise InvalidInputError(
                 f"partial_images must be within 0..{MAX_PARTIAL_IMAGES}, got {spec.partial_images}",

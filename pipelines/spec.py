@@ -37,6 +37,8 @@ class EditParams:
     Bounds are checked by ``pipelines.validation.check_params`` (they depend on weights.yaml)."""
 
     prompt: str
+    # the registry's edit model to run (weights.yaml models.<name>); None = its default_model
+    model: str | None = None
     negative_prompt: str | None = None
     mask_feather_px: int = 8
     # None = full model; 4 or 8 = the Lightning LoRA with that many steps

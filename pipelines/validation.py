@@ -7,7 +7,7 @@ same rules the engine applies. Errors name the field and the bad value.
 
 from __future__ import annotations
 
-from .errors import InvalidInputError, UnsupportedFeatureError
+from .errors import InvalidInputError, RegistryError, UnsupportedFeatureError
 from .postprocess import palette_prompt
 from .registry import Registry
 from .sizing import parse_aspect_ratio
@@ -88,10 +88,14 @@ def check_params(params: EditParams, registry: Registry, *, masked: bool = False
     if params.palette:
         palette_prompt(params.palette)
 
+    try:
+        model, _ = registry.edit_model(params.model)
+    except RegistryError as exc:
+        raise InvalidInputError(f"model {exc.message}", field="model") from None
     if params.lightning_steps is not None:
-        if registry.lightning_lora(params.lightning_steps) is None:
+        if registry.lightning_lora(params.lightning_steps, model) is None:
             raise UnsupportedFeatureError(
-                f"no Lightning LoRA for {params.lightning_steps} steps is declared in weights.yaml",
+                f"no Lightning LoRA for {params.lightning_steps} steps is declared for {model}",
                 field="lightning_steps",
             )
         if params.num_inference_steps is not None and params.num_inference_steps != params.lightning_steps:
@@ -119,11 +123,13 @@ def check_params(params: EditParams, registry: Registry, *, masked: bool = False
 
 def _check_fused_lora(spec: EditParams, registry: Registry) -> None:
     """A model with a LoRA baked into fp8 weights serves exactly that LoRA (weights.yaml decides)."""
-    found = registry.model_for("edit_plus") or registry.model_for("edit")
-    fused = found[1].performance.fuse_lora if found else None
+    model, entry = registry.edit_model(spec.model)
+    fused = entry.performance.fuse_lora
     if fused is None:
         return
-    wanted = registry.lightning_lora(spec.lightning_steps) if spec.lightning_steps is not None else None
+    wanted = (
+        registry.lightning_lora(spec.lightning_steps, model) if spec.lightning_steps is not None else None
+    )
     mode = registry.modes.get(spec.mode) if spec.mode else None
     if wanted != fused or (mode is not None and mode.lora is not None):
         asked = f"{spec.lightning_steps} Lightning steps" if spec.lightning_steps else "the full model"

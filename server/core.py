@@ -186,6 +186,7 @@ class Core:
             mask=InputRef(path=f"inputs/{job_id}/mask") if mask_bytes is not None else None,
         )
         masked = mask_bytes is not None
+        model = self._job_model(params, meta.server_id)
         try:
             planned_side = (
                 self.pods.largest_side(meta.server_id)
@@ -197,9 +198,7 @@ class Core:
             work = job_work(params, self.registry, sizes, side_sizes, masked=masked)
         except EngineError as exc:
             raise ServiceError.from_engine(exc) from None
-        meta = meta.model_copy(
-            update={"warnings": meta.warnings + warnings, "model": self._job_model(), "work": work}
-        )
+        meta = meta.model_copy(update={"warnings": meta.warnings + warnings, "model": model, "work": work})
         try:
             with self.storage.full_disk_refused():  # filled since the floor was checked
                 for ref, data in zip(refs, pictures, strict=True):
@@ -235,10 +234,22 @@ class Core:
                 field="server_id",
             )
 
-    def _job_model(self) -> str | None:
-        """The registry model that runs edit jobs; unpinned jobs queue per model (Redis store)."""
-        found = self.registry.model_for("edit_plus") or self.registry.model_for("edit")
-        return found[0] if found else None
+    def _job_model(self, params: EditParams, server_id: str | None) -> str:
+        """The edit model the job runs on; refused now when no live pod (or the pinned one) holds it.
+        Unpinned jobs queue per model (Redis store), so any pod holding it takes them."""
+        model = self.registry.edit_model(params.model)[0]
+        if self.pods is None:
+            return model
+        holders = self.pods.holders(model)
+        if server_id is not None and server_id in holders or server_id is None and holders:
+            return model
+        where = f"the pod {server_id!r}" if server_id else "any live pod"
+        held = sorted({m for p in self.pods.live_pods() for m in p.get("models") or () if m != model})
+        raise ServiceError(
+            "UNSUPPORTED_PARAMETER",
+            f"the model {model!r} is not loaded on {where} now (loaded: {', '.join(held) or 'none'})",
+            field="model",
+        )
 
     def get_job(self, job_id: str, owner: str) -> JobRecord:
         record = self.store.get_job(job_id)

@@ -53,8 +53,12 @@ def detect_gpus() -> list[dict]:
     return gpus
 
 
-def held_models(registry) -> list[str]:
-    return sorted(registry.models)
+def held_models(registry, edit_model: str | None = None) -> list[str]:
+    """The models a worker of this pod loads: its one edit model (``edit_model``, else the default)
+    and the refiner; the jobs of the other edit models are other pods' (or refused)."""
+    held = {registry.edit_model(edit_model)[0]}
+    refiner = registry.model_for("refiner")
+    return sorted(held | ({refiner[0]} if refiner else set()))
 
 
 class PodAgent:
@@ -74,7 +78,7 @@ class PodAgent:
     def info(self) -> dict:
         if self._gpus is None:
             self._gpus = detect_gpus() if self.settings.role != "api" else []
-        models = held_models(self.registry) if self.settings.role != "api" else []
+        models = held_models(self.registry, self.settings.edit_model) if self.settings.role != "api" else []
         loras = {m: sorted(self.registry.models[m].loras) for m in models}
         return {
             "server_id": self.settings.server_id,
@@ -139,6 +143,15 @@ class PodAgent:
             pods = [p for p in pods if p["server_id"] == server_id]
         sides = [plan["largest_side"] for p in pods for plan in p.get("memory_plans") or ()]
         return min(sides) if sides else None
+
+    def holders(self, model: str) -> list[str]:
+        """The live GPU pods whose workers hold ``model``."""
+        return [
+            p["server_id"]
+            for p in self.live_pods()
+            # loading workers count: the job waits in the queue for them, as any job does at start
+            if p.get("role") != "api" and model in (p.get("models") or ())
+        ]
 
     def check_server_id(self, server_id: str | None) -> None:
         """Refuse at once a job pinned to a pod that does not exist, is dead, or runs no workers."""

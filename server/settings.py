@@ -71,6 +71,9 @@ class Settings(BaseSettings):
 
     # "module:callable" taking a Registry; tests swap in a fake to exercise the queue quickly.
     engine_factory: str = "pipelines:EditEngine"
+    # The edit model this pod's workers load (weights.yaml models.<name>); unset = its default_model.
+    # Jobs for another model go to a pod that holds it (scale-out) or are refused at submission.
+    edit_model: str | None = None
     lease_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     worker_poll_s: float = Field(default=0.2, gt=0)

@@ -96,7 +96,7 @@ class EditWorker:
     def setup(self) -> None:
         from pipelines import load_registry
 
-        self.registry = load_registry(self.settings.weights)
+        self.registry = load_registry(self.settings.weights).holding(self.settings.edit_model)
         self.engine = load_factory(self.settings.engine_factory)(self.registry)
         plan = getattr(getattr(self.engine, "edit", None), "memory_plan", None)
         if plan is not None:

@@ -105,7 +105,7 @@ def _open_store(settings: Settings) -> JobStore:
 
     from .pods import held_models
 
-    models = held_models(load_registry(settings.weights))
+    models = held_models(load_registry(settings.weights), settings.edit_model)
     return open_store(settings, server_id=settings.server_id, models=models)
 
 

@@ -22,6 +22,8 @@ from typing import ClassVar
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from pipelines.registry import PublicModel
+
 from ..core import Core
 from ..errors import ServiceError
 from ..job_events import RECHECK_S
@@ -74,6 +76,31 @@ class ContractService:
                 await watch.wait(min(RECHECK_S, left))
                 record = await run_in_threadpool(self.core.get_job, record.id, record.meta.owner)
         return record
+
+    def public_models(self) -> dict[str, PublicModel]:
+        """The model names clients may send (weights.yaml public_models; ``qwen-image-edit`` and
+        ``-pe`` for the default edit model where the table is not set)."""
+        registry = self.core.registry
+        if registry.public_models:
+            return dict(registry.public_models)
+        if not registry.edit_models():
+            return {}
+        default = registry.edit_model(None)[0]
+        fallback = {"qwen-image-edit": False, "qwen-image-edit-pe": True}
+        return {name: PublicModel(model=default, enhance_prompt=pe) for name, pe in fallback.items()}
+
+    def resolve_model(self, name: str | None, *, enhancing: bool = True) -> PublicModel | None:
+        """The edit model a request's ``model`` names (None: the default); a 4xx listing the names.
+        ``enhancing=False`` for contracts that send the prompt as written (no ``-pe`` names)."""
+        if name is None:
+            return None
+        choices = {n: m for n, m in self.public_models().items() if enhancing or not m.enhance_prompt}
+        if name not in choices:
+            have = ", ".join(sorted(choices)) or "none"
+            raise ServiceError(
+                "INVALID_PARAMETERS", f"model {name!r} is not available (have: {have})", field="model"
+            )
+        return choices[name]
 
     @staticmethod
     def failure(record: JobRecord) -> ServiceError:

@@ -89,7 +89,13 @@ def test_an_api_pod_on_redis_refuses_what_the_worker_pods_plans_do_not_fit(
     for server_id, side in (("gpu-small", 256), ("gpu-big", 512)):
         plan = {"worker": f"{server_id}-w0", "plan": "low-memory", "largest_side": side}
         store.pod_heartbeat(
-            {"server_id": server_id, "role": "worker", "state": "running", "workers_alive": 1}
+            {
+                "server_id": server_id,
+                "role": "worker",
+                "state": "running",
+                "workers_alive": 1,
+                "models": ["edit"],
+            }
             | {"memory_plans": [plan]}
         )
     api = AsgiServer(settings)

@@ -78,7 +78,7 @@ def test_errors_name_the_file_the_key_and_the_bad_value(tiny_weights, tmp_path):
         ),
         (lambda d: d["modes"]["anime"].update(lora="missing-lora"), "missing-lora"),
         (lambda d: d["modes"]["anime"].update(prompt_template="no placeholder"), "{prompt}"),
-        (lambda d: d["models"]["z-image-turbo-tiny"].update(roles=["edit_plus"]), "several models"),
+        (lambda d: d["models"]["z-image-turbo-tiny"].update(roles=["edit_plus"]), "name one as default_model"),
     ],
 )
 def test_invalid_registries_are_refused(tiny_weights, tmp_path, mutate, expected):

@@ -101,14 +101,12 @@ class DepictaService(ContractService):
         self.variants = _VariantCache()
 
     # -- models ------------------------------------------------------------------------------
-    def _models(self) -> tuple[str, set[str]]:
-        """The default model name and every name a request may send (prompt-enhancing aliases
-        are the OpenAI contract's; this one edits with the prompt as sent)."""
-        registry = self.core.registry
-        found = registry.model_for("edit_plus") or registry.model_for("edit")
-        edit_model = found[0] if found else "edit"
-        public = [name for name, m in registry.public_models.items() if not m.enhance_prompt]
-        return (public[0] if public else edit_model), {edit_model, *public}
+    def _default_model(self) -> str:
+        """The name Depicta reports for a job that named none: the first public name of the
+        default model (prompt-enhancing aliases are the OpenAI contract's)."""
+        default = self.core.registry.edit_model(None)[0]
+        names = [n for n, m in self.public_models().items() if m.model == default and not m.enhance_prompt]
+        return next((n for n in names if n != default), default)
 
     # -- uploads -----------------------------------------------------------------------------
     def upload(self, data: bytes, filename: str | None, owner: str) -> DepictaUploadResponse:
@@ -123,16 +121,11 @@ class DepictaService(ContractService):
 
     # -- edits -------------------------------------------------------------------------------
     def submit(self, req: EditRequest, owner: str, idempotency_key: str | None = None) -> JobRecord:
-        default, known = self._models()
-        model = req.model or default
-        if model not in known:
-            raise ServiceError(
-                "INVALID_PARAMETERS",
-                f"model {model!r} is not available (have: {', '.join(sorted(known))})",
-                field="model",
-            )
+        model = req.model or self._default_model()
+        chosen = self.resolve_model(model, enhancing=False)
         params = EditParams(
             prompt=req.prompt,
+            model=chosen.model,
             aspect_ratio=req.aspect_ratio,
             resolution=req.image_size.lower() if req.image_size else None,
             seed=-1,
@@ -201,7 +194,7 @@ class DepictaService(ContractService):
             image_url=formats["png"].url,
             image_hash=formats["png"].hash,
             expires_at=formats["png"].expires_at,
-            model=str(record.meta.options.get("model") or self._models()[0]),
+            model=str(record.meta.options.get("model") or self._default_model()),
             # The server accounts in USD (price_per_gpu_hour_usd, budgets); Depicta speaks EUR.
             cost_eur=f"{(self.core.cost_usd(record) or 0.0) * rate:.4f}",
             balance_eur=f"{balance * rate:.4f}" if balance is not None else None,

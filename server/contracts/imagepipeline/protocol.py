@@ -41,6 +41,8 @@ class EditRequest(BaseModel):
     profile_id: str | None = None
     callback_url: str | None = None
     server_id: str | None = None
+    # Retouch extension: which edit model runs the job (a /v1/models name); unset = the default.
+    model: str | None = None
 
 
 class SubmitResponse(BaseModel):

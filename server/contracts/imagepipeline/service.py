@@ -82,8 +82,11 @@ class ImagePipelineService(ContractService):
             req = apply_profile(req, self.core.profile(req.profile_id, owner).data)
 
         images = [req.input_image] if isinstance(req.input_image, str) else list(req.input_image or [])
+        chosen = self.resolve_model(req.model)
         params = EditParams(
             prompt=req.prompt,
+            model=chosen.model if chosen else None,
+            enhance_prompt=bool(chosen and chosen.enhance_prompt),
             negative_prompt=req.negative_prompt,
             lightning_steps=LIGHTNING_STEPS if req.faster_inference else None,
             num_inference_steps=req.num_inference_steps,

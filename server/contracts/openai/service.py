@@ -18,7 +18,7 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from pipelines.registry import PublicModel, QualityPreset
+from pipelines.registry import QualityPreset
 from pipelines.spec import EditParams
 
 from ...core import NamedInput
@@ -43,8 +43,6 @@ MAX_WAIT_S = 3600.0
 # The transformer sees one token per 16x16 pixels (8x VAE, 2x2 patches): what `usage` counts.
 PIXELS_PER_TOKEN_SIDE = 16
 _SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
-# model names offered when weights.yaml has no public_models table (older registries)
-DEFAULT_PUBLIC_MODELS = {"qwen-image-edit": False, "qwen-image-edit-pe": True}
 
 # Our code -> OpenAI's (type, code); anything else is an invalid_request_error (4xx) or server_error.
 _OPENAI_KINDS = {
@@ -88,17 +86,6 @@ class OpenAIService(ContractService):
     name = CONTRACT
 
     # -- models ------------------------------------------------------------------------------
-    def public_models(self) -> dict[str, PublicModel]:
-        registry = self.core.registry
-        if registry.public_models:
-            return dict(registry.public_models)
-        found = registry.model_for("edit_plus") or registry.model_for("edit")
-        if found is None:
-            return {}
-        return {
-            name: PublicModel(model=found[0], enhance_prompt=pe) for name, pe in DEFAULT_PUBLIC_MODELS.items()
-        }
-
     def _created(self) -> int:
         source = self.core.registry.source
         return int(Path(source).stat().st_mtime) if source and Path(source).exists() else 0
@@ -178,6 +165,7 @@ class OpenAIService(ContractService):
             num_images=req.n,
             seed=req.seed if req.seed is not None else -1,
             output_format=output_format,
+            model=public.model,
             enhance_prompt=public.enhance_prompt,
             # previews cost a decode each: made only when someone streams them
             partial_images=(req.partial_images or 0) if req.stream else 0,
