@@ -235,21 +235,12 @@ class Core:
             )
 
     def _job_model(self, params: EditParams, server_id: str | None) -> str:
-        """The edit model the job runs on; refused now when no live pod (or the pinned one) holds it.
-        Unpinned jobs queue per model (Redis store), so any pod holding it takes them."""
+        """The edit model the job runs on, held by a live pod (or the pinned one); unpinned jobs
+        queue per model (Redis store), so any pod holding it takes them."""
         model = self.registry.edit_model(params.model)[0]
-        if self.pods is None:
-            return model
-        holders = self.pods.holders(model)
-        if server_id is not None and server_id in holders or server_id is None and holders:
-            return model
-        where = f"the pod {server_id!r}" if server_id else "any live pod"
-        held = sorted({m for p in self.pods.live_pods() for m in p.get("models") or () if m != model})
-        raise ServiceError(
-            "UNSUPPORTED_PARAMETER",
-            f"the model {model!r} is not loaded on {where} now (loaded: {', '.join(held) or 'none'})",
-            field="model",
-        )
+        if self.pods is not None:
+            self.pods.check_holder(model, server_id)
+        return model
 
     def get_job(self, job_id: str, owner: str) -> JobRecord:
         record = self.store.get_job(job_id)

@@ -153,6 +153,20 @@ class PodAgent:
             if p.get("role") != "api" and model in (p.get("models") or ())
         ]
 
+    def check_holder(self, model: str, server_id: str | None) -> None:
+        """Refuse now a job for a model no live pod (or not the pinned one) holds, naming what is."""
+        holders = self.holders(model)
+        if (server_id in holders) if server_id is not None else bool(holders):
+            return
+        where = f"the pod {server_id!r}" if server_id else "any live pod"
+        edit_models = {name for name, _ in self.registry.edit_models()}
+        held = sorted({m for p in self.live_pods() for m in p.get("models") or () if m in edit_models})
+        raise ServiceError(
+            "UNSUPPORTED_PARAMETER",
+            f"the model {model!r} is not loaded on {where} now (loaded: {', '.join(held) or 'none'})",
+            field="model",
+        )
+
     def check_server_id(self, server_id: str | None) -> None:
         """Refuse at once a job pinned to a pod that does not exist, is dead, or runs no workers."""
         if server_id is None:
