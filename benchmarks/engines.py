@@ -68,9 +68,11 @@ def full_engine(device: torch.device, lightning_steps: Iterable[int], refiner: b
     # Seeded: a rebuild (the memory-plan cases) gets the same random weights, so pictures compare.
     torch.manual_seed(0)
     registry = load_registry(report.ROOT / "weights.yaml")
-    edit_name, entry = registry.model_for("edit_plus")
+    edit_name, entry = registry.edit_model(None)
+    notes_model = f"edit model {edit_name} (the default), config {fm.TRANSFORMER_CONFIGS[edit_name]}"
     notes = [
         RANDOM_NOTE,
+        notes_model,
         "tokenizer/processor: the tiny builder's (the real Qwen tokenizer is not available)",
     ]
     if side:
@@ -85,7 +87,7 @@ def full_engine(device: torch.device, lightning_steps: Iterable[int], refiner: b
     t0 = time.perf_counter()
     tokenizer, processor = fm.build_tokenizer_and_processor()
     record["tokenizer_and_processor"] = {"seconds": time.perf_counter() - t0, "gib": 0.0}
-    retouch, stock = fm.build_qwen_edit(device, tokenizer, processor, layers, record=record)
+    retouch, stock = fm.build_qwen_edit(device, tokenizer, processor, layers, record=record, model=edit_name)
     wanted = {f"lightning-{steps}" for steps in lightning_steps}
     adapters = []
     t1 = time.perf_counter()

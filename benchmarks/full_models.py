@@ -100,10 +100,18 @@ def _truncate(config: dict, keys: tuple[str, ...], layers: int | None) -> dict:
     return config
 
 
-def build_qwen_edit(device: torch.device, tokenizer, processor, layers: int | None = None, record=None):
-    """The Retouch and the stock Qwen-Image-Edit-Plus pipelines, sharing one set of components.
+# The published transformer config of each edit model of weights.yaml (configs/): 2511 adds
+# zero_cond_t to 2509's; same parameters, same FLOPs.
+TRANSFORMER_CONFIGS = {
+    "qwen-image-edit-2509": "qwen_image_edit_transformer.json",
+    "qwen-image-edit-2511": "qwen_image_edit_2511_transformer.json",
+}
 
-    ``record``, a dict, receives each component's build seconds and weight GiB.
+
+def build_qwen_edit(device: torch.device, tokenizer, processor, layers: int | None = None, record=None,
+                    model: str = "qwen-image-edit-2511"):  # fmt: skip
+    """The Retouch and the stock Qwen-Image-Edit-Plus pipelines of ``model``, sharing one set of
+    components. ``record``, a dict, receives each component's build seconds and weight GiB.
     """
     from diffusers import (
         AutoencoderKLQwenImage,
@@ -115,7 +123,7 @@ def build_qwen_edit(device: torch.device, tokenizer, processor, layers: int | No
 
     from pipelines.qwen_edit import RetouchQwenEditPipeline
 
-    tcfg = _truncate(load_config("qwen_image_edit_transformer.json"), ("num_layers",), layers)
+    tcfg = _truncate(load_config(TRANSFORMER_CONFIGS[model]), ("num_layers",), layers)
     te = load_config("qwen_image_edit_text_encoder.json")
     for key, token in TEXT_ENCODER_TOKEN_KEYS.items():
         te[key] = tokenizer.convert_tokens_to_ids(token)

@@ -32,6 +32,14 @@ from .registry_entries import (  # noqa: F401 (re-exported: weights.yaml's types
     Strict,
 )
 
+# The pipeline each role runs on: an edit model is a Qwen-Image-Edit Plus pipeline, a refiner Z-Image.
+ROLE_PIPELINES = {
+    "edit": "qwen_image_edit_plus",
+    "edit_plus": "qwen_image_edit_plus",
+    "inpaint": "qwen_image_edit_plus",
+    "refiner": "z_image_img2img",
+}
+
 
 class Registry(Strict):
     version: Literal[1] = 1
@@ -61,6 +69,10 @@ class Registry(Strict):
                         f"models.{name}.loras.{lora_name}.scheduler: {lora.scheduler!r} is not in "
                         f"schedulers (have {sorted(self.schedulers)})"
                     )
+        for name, model in self.models.items():
+            kinds = {ROLE_PIPELINES[role] for role in model.roles}
+            if kinds - {model.pipeline}:
+                raise ValueError(f"models.{name}: roles {model.roles} need the pipeline {sorted(kinds)[0]!r}")
         refiners = [n for n, m in self.models.items() if "refiner" in m.roles]
         if len(refiners) > 1:
             raise ValueError(f"role 'refiner' is declared by several models: {refiners}")

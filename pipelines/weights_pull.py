@@ -47,6 +47,7 @@ def pull(registry: Registry, only: str | None = None, progress: bool = True) -> 
     if quiet:
         disable_progress_bars()
     commits: dict[str, str] = {}
+    fetched: dict[tuple[str, str], str] = {}
     try:
         for e in entries(registry, only):
             if e.hub_id is None:
@@ -54,6 +55,9 @@ def pull(registry: Registry, only: str | None = None, progress: bool = True) -> 
                     print(f"skip {e.name}: no hub_id, a local file", file=sys.stderr)
                 continue
             target = registry.resolve(e.path)
+            if (e.hub_id, str(target)) in fetched:  # one file several models declare (a shared LoRA)
+                commits[e.name] = fetched[(e.hub_id, str(target))]
+                continue
             if progress:
                 print(f"pull {e.name}: {e.hub_id}@{e.revision or 'main'} -> {target}", file=sys.stderr)
             rel = PurePosixPath(Path(e.path).as_posix())
@@ -66,7 +70,7 @@ def pull(registry: Registry, only: str | None = None, progress: bool = True) -> 
             else:
                 local_dir, filename = registry.resolve(rel.parts[0]), "/".join(rel.parts[1:])
                 _hub(e, hf.hf_hub_download, e.hub_id, filename, revision=commit, local_dir=local_dir)
-            commits[e.name] = commit
+            commits[e.name] = fetched[(e.hub_id, str(target))] = commit
     finally:
         if quiet:
             enable_progress_bars()

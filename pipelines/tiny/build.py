@@ -41,7 +41,9 @@ QWEN_VAE_Z = 4
 LORA_RANK = 4
 
 
-def _build_qwen_edit(out: Path, tokenizer) -> None:
+def _build_qwen_edit(out: Path, tokenizer, *, zero_cond_t: bool, seed: int) -> None:
+    """``zero_cond_t``: Qwen-Image-Edit-2511's transformer (the reference tokens' modulation at t = 0);
+    ``seed`` makes each tiny edit model a different random model."""
     from diffusers import (
         AutoencoderKLQwenImage,
         FlowMatchEulerDiscreteScheduler,
@@ -57,8 +59,8 @@ def _build_qwen_edit(out: Path, tokenizer) -> None:
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    torch.manual_seed(0)
-    transformer = QwenImageTransformer2DModel(**QWEN_TRANSFORMER)
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(**QWEN_TRANSFORMER, zero_cond_t=zero_cond_t)
     torch.manual_seed(0)
     vae = AutoencoderKLQwenImage(
         # The real layout (8x down, 16-pixel output multiple), 4 channels at full resolution: CPU torch runs
@@ -186,13 +188,14 @@ def _build_z_image(out: Path, tokenizer) -> None:
     ).save_pretrained(out, safe_serialization=True)
 
 
-def lightning_lora_state_dict(steps: int, *, rank: int = LORA_RANK) -> dict[str, torch.Tensor]:
-    """A LoRA over every linear layer of the tiny transformer's blocks, kohya key format."""
+def lightning_lora_state_dict(steps: int, *, rank: int = LORA_RANK, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A LoRA over every linear layer of the tiny transformer's blocks, kohya key format (the
+    format of lightx2v's Qwen-Image-Lightning files for 2509 and 2511 alike)."""
     from diffusers import QwenImageTransformer2DModel
 
     with torch.device("meta"):
         skeleton = QwenImageTransformer2DModel(**QWEN_TRANSFORMER)
-    gen = torch.Generator().manual_seed(100 + steps)
+    gen = torch.Generator().manual_seed(100 + steps + 1000 * seed)
     state: dict[str, torch.Tensor] = {}
     for name, module in skeleton.named_modules():
         if not name.startswith("transformer_blocks.") or not isinstance(module, torch.nn.Linear):
@@ -210,12 +213,16 @@ def build_tiny_weights(directory: str | Path) -> Path:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tiny_qwen_tokenizer()
-    _build_qwen_edit(out / "qwen-image-edit", tokenizer)
+    _build_qwen_edit(out / "qwen-image-edit", tokenizer, zero_cond_t=True, seed=0)
+    _build_qwen_edit(out / "qwen-image-edit-2509", tokenizer, zero_cond_t=False, seed=1)
     _build_z_image(out / "z-image-turbo", tokenizer)
     lora_dir = out / "qwen-image-lightning"
     lora_dir.mkdir(exist_ok=True)
     for steps in (8, 4):
         save_file(lightning_lora_state_dict(steps), lora_dir / f"lightning-{steps}steps.safetensors")
+        save_file(
+            lightning_lora_state_dict(steps, seed=1), lora_dir / f"lightning-2509-{steps}steps.safetensors"
+        )
     save_file(lightning_lora_state_dict(99), lora_dir / "anime-style.safetensors")
     registry_path = out / "weights.yaml"
     header = (

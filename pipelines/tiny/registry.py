@@ -47,46 +47,57 @@ def packaged_config(name: str) -> dict:
     return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 
+def _edit_entry(path: str, loras: str, hub_id: str) -> dict:
+    return {
+        "roles": ["edit", "edit_plus", "inpaint"],
+        "pipeline": "qwen_image_edit_plus",
+        # random weights made by `retouch weights tiny`, under the licence of the models they mimic
+        "license": {"id": "Apache-2.0"},
+        "path": path,
+        "hub_id": hub_id,
+        "revision": "local",
+        "dtype": "float32",
+        "device": "cpu",
+        "default_steps": 4,
+        "default_guidance": 4.0,
+        "vae_condition_pixels": TINY_VAE_CONDITION_PIXELS,
+        "vl_condition_pixels": TINY_VL_CONDITION_PIXELS,
+        "vae_tiling_above_pixels": 1024 * 1024,
+        "loras": {
+            f"lightning-{n}": {
+                "path": f"qwen-image-lightning/{loras}-{n}steps.safetensors",
+                "hub_id": "retouch/tiny-random-lightning",
+                "revision": "local",
+                "steps": n,
+                "guidance": 1.0,
+                "scheduler": "lightning",
+            }
+            for n in (8, 4)
+        }
+        | {
+            "anime-style": {
+                "path": "qwen-image-lightning/anime-style.safetensors",
+                "hub_id": "retouch/tiny-random-style",
+                "revision": "local",
+            }
+        },
+    }
+
+
 def tiny_registry() -> dict:
     lightning = packaged_config("qwen_image_lightning_scheduler.json")
     return {
         "version": 1,
         "root": ".",
         "models": {
-            "qwen-image-edit-tiny": {
-                "roles": ["edit", "edit_plus", "inpaint"],
-                "pipeline": "qwen_image_edit_plus",
-                # random weights made by `retouch weights tiny`, under the licence of the models they mimic
-                "license": {"id": "Apache-2.0"},
-                "path": "qwen-image-edit",
-                "hub_id": "retouch/tiny-random-qwen-image-edit",
-                "revision": "local",
-                "dtype": "float32",
-                "device": "cpu",
-                "default_steps": 4,
-                "default_guidance": 4.0,
-                "vae_condition_pixels": TINY_VAE_CONDITION_PIXELS,
-                "vl_condition_pixels": TINY_VL_CONDITION_PIXELS,
-                "vae_tiling_above_pixels": 1024 * 1024,
-                "loras": {
-                    f"lightning-{n}": {
-                        "path": f"qwen-image-lightning/lightning-{n}steps.safetensors",
-                        "hub_id": "retouch/tiny-random-lightning",
-                        "revision": "local",
-                        "steps": n,
-                        "guidance": 1.0,
-                        "scheduler": "lightning",
-                    }
-                    for n in (8, 4)
-                }
-                | {
-                    "anime-style": {
-                        "path": "qwen-image-lightning/anime-style.safetensors",
-                        "hub_id": "retouch/tiny-random-style",
-                        "revision": "local",
-                    }
-                },
-            },
+            # Qwen-Image-Edit-2511's layout (zero_cond_t: reference tokens modulated at t = 0), the default
+            "qwen-image-edit-tiny": _edit_entry(
+                "qwen-image-edit", "lightning", "retouch/tiny-random-qwen-image-edit"
+            ),
+            # and 2509's, chosen per request (`model: qwen-image-edit-2509`) on a pod that loads it
+            "qwen-image-edit-2509-tiny": _edit_entry(
+                "qwen-image-edit-2509", "lightning-2509", "retouch/tiny-random-qwen-image-edit-2509"
+            ),
             "z-image-turbo-tiny": {
                 "roles": ["refiner"],
                 "pipeline": "z_image_img2img",
@@ -113,9 +124,14 @@ def tiny_registry() -> dict:
         "limits": dict(PRODUCTION_LIMITS),
         "resolutions": dict(PRODUCTION_RESOLUTIONS),
         "qualities": {name: dict(q) for name, q in PRODUCTION_QUALITIES.items()},
+        "default_model": "qwen-image-edit-tiny",
         "public_models": {
             "qwen-image-edit": {"model": "qwen-image-edit-tiny"},
             "qwen-image-edit-pe": {"model": "qwen-image-edit-tiny", "enhance_prompt": True},
+            "qwen-image-edit-2511": {"model": "qwen-image-edit-tiny"},
+            "qwen-image-edit-2511-pe": {"model": "qwen-image-edit-tiny", "enhance_prompt": True},
+            "qwen-image-edit-2509": {"model": "qwen-image-edit-2509-tiny"},
+            "qwen-image-edit-2509-pe": {"model": "qwen-image-edit-2509-tiny", "enhance_prompt": True},
         },
         "demo": True,
     }

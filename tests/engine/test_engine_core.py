@@ -99,11 +99,25 @@ def test_adapter_path_equals_fused_lora(engine, registry, photo_bytes):
     assert diff.max() <= 2, f"fused and adapter outputs differ by up to {diff.max()}"
 
 
-def test_cfg_norm_strength_one_equals_stock_pipeline(engine, registry, photo_bytes, monkeypatch):
+@pytest.fixture(scope="module")
+def engine_2509(registry):
+    """A pod's engine loading the tiny 2509 (``edit_model``); the session's ``engine`` holds the
+    default, the tiny 2511 (``zero_cond_t``)."""
+    from pipelines import EditEngine
+
+    return EditEngine(registry.holding("qwen-image-edit-2509-tiny"))
+
+
+@pytest.mark.parametrize("model", ["qwen-image-edit-tiny", "qwen-image-edit-2509-tiny"], ids=["2511", "2509"])
+def test_cfg_norm_strength_one_equals_stock_pipeline(model, request, registry, photo_bytes, monkeypatch):
     import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus as stock_module
     from diffusers import QwenImageEditPlusPipeline
 
-    entry = registry.models["qwen-image-edit-tiny"]
+    engine = request.getfixturevalue("engine" if model == registry.default_model else "engine_2509")
+    assert engine.edit.name == model
+    entry = registry.models[model]
+    zero_cond_t = model == registry.default_model  # the 2511 layout; 2509 has none
+    assert engine.edit.pipe.transformer.config.zero_cond_t is zero_cond_t
     # The stock module hard-codes the condition areas; give it the tiny set's declared ones.
     monkeypatch.setattr(stock_module, "VAE_IMAGE_SIZE", entry.vae_condition_pixels)
     monkeypatch.setattr(stock_module, "CONDITION_IMAGE_SIZE", entry.vl_condition_pixels)
@@ -199,3 +213,18 @@ def test_output_size_follows_width_height_and_aspect_ratio(engine, photo_bytes):
     assert (big.width, big.height) == (1600, 1200)
     tall = engine.run(spec(encode(make_photo(40, 120)), height=240)).images[0]
     assert (tall.width, tall.height) == (80, 240)  # one side given: the other follows the source
+
+
+def test_each_engine_runs_the_model_its_pod_holds_and_records_it(engine, engine_2509, photo_bytes):
+    from pipelines import UnsupportedFeatureError
+
+    older = engine_2509.run(spec(photo_bytes, model="qwen-image-edit-2509-tiny"))
+    newer = engine.run(spec(photo_bytes))  # no model named: the registry's default
+    assert (
+        older.record["model"] == "qwen-image-edit-2509-tiny"
+        and newer.record["model"] == "qwen-image-edit-tiny"
+    )
+    assert any(key.startswith("qwen-image-edit-2509-tiny/") for key in older.record["file_sha256"])
+    assert older.images[0].sha256 != newer.images[0].sha256  # two models, two pictures
+    with pytest.raises(UnsupportedFeatureError, match="holds qwen-image-edit-tiny"):
+        engine.run(spec(photo_bytes, model="qwen-image-edit-2509-tiny"))

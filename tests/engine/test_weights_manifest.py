@@ -77,6 +77,10 @@ def test_manifest_lists_every_file_and_verify_passes(weights):
         "qwen-image-edit-tiny.loras.lightning-8",
         "qwen-image-edit-tiny.loras.lightning-4",
         "qwen-image-edit-tiny.loras.anime-style",
+        "qwen-image-edit-2509-tiny",
+        "qwen-image-edit-2509-tiny.loras.lightning-8",
+        "qwen-image-edit-2509-tiny.loras.lightning-4",
+        "qwen-image-edit-2509-tiny.loras.anime-style",
         "z-image-turbo-tiny",
     }
     edit = recorded["qwen-image-edit-tiny"]
@@ -251,6 +255,7 @@ def empty_tiny_registry(tiny_source, tmp_path, monkeypatch):
     lightning = tiny_source / "qwen-image-lightning"
     repos = {
         "retouch/tiny-random-qwen-image-edit": tiny_source / "qwen-image-edit",
+        "retouch/tiny-random-qwen-image-edit-2509": tiny_source / "qwen-image-edit-2509",
         "retouch/tiny-random-z-image-turbo": tiny_source / "z-image-turbo",
         "retouch/tiny-random-lightning": lightning,
         "retouch/tiny-random-style": lightning,
@@ -296,22 +301,26 @@ def test_pull_maps_production_lora_paths_to_repo_filenames(tiny_source, tmp_path
     registry = load_registry(ROOT / "weights.yaml").model_copy(
         update={"source": str(tmp_path / "weights.yaml")}
     )
-    lora_src = tmp_path / "lora-repo" / "Qwen-Image-Edit-2509"
+    lora_src = tmp_path / "lora-repo"
     lora_src.mkdir(parents=True)
-    for steps in (4, 8):
-        name = f"Qwen-Image-Edit-2509-Lightning-{steps}steps-V1.0-bf16.safetensors"
-        shutil.copyfile(tiny_source / "qwen-image-lightning/lightning-8steps.safetensors", lora_src / name)
+    for version in ("2509", "2511"):
+        for steps in (4, 8):
+            name = f"Qwen-Image-Edit-{version}-Lightning-{steps}steps-V1.0-bf16.safetensors"
+            tiny_lora = tiny_source / "qwen-image-lightning/lightning-8steps.safetensors"
+            shutil.copyfile(tiny_lora, lora_src / name)
     hub = FakeHub(
         {
-            "Qwen/Qwen-Image-Edit-2509": tiny_source / "qwen-image-edit",
+            "Qwen/Qwen-Image-Edit-2511": tiny_source / "qwen-image-edit",
+            "Qwen/Qwen-Image-Edit-2509": tiny_source / "qwen-image-edit-2509",
             "Tongyi-MAI/Z-Image-Turbo": tiny_source / "z-image-turbo",
             "lightx2v/Qwen-Image-Lightning": lora_src,
         }
     ).install(monkeypatch)
     pull(registry, progress=False)
-    lora_call = next(c for c in hub.calls if c[0] == "hf_hub_download")
-    assert lora_call[2] == "Qwen-Image-Edit-2509/Qwen-Image-Edit-2509-Lightning-8steps-V1.0-bf16.safetensors"
-    assert lora_call[4] == tmp_path / "weights" / "Qwen-Image-Lightning"
+    lora_calls = {c[2]: c[4] for c in hub.calls if c[0] == "hf_hub_download"}
+    for version in ("2509", "2511"):  # the repo's folder per model, into the declared folder
+        name = f"Qwen-Image-Edit-{version}/Qwen-Image-Edit-{version}-Lightning-8steps-V1.0-bf16.safetensors"
+        assert lora_calls[name] == tmp_path / "weights" / "Qwen-Image-Lightning"
     assert registry.missing_files() == [] and verify(registry, full=False) == []
 
 

@@ -118,7 +118,7 @@ def build_hub_cache(tiny_source: Path, cache: Path) -> dict[str, str]:
         commit = hashlib.sha1(hub_id.encode()).hexdigest()
         (repo / "refs").mkdir(parents=True)
         (repo / "refs" / "local").write_text(commit)
-        for rel, src in files:
+        for rel, src in dict(files).items():  # a LoRA file both edit models declare is one file
             blob = repo / "blobs" / hashlib.sha256(src.read_bytes()).hexdigest()
             blob.parent.mkdir(exist_ok=True)
             shutil.copyfile(src, blob)

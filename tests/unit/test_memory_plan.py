@@ -22,6 +22,12 @@ CONFIGS = ROOT / "benchmarks" / "configs"
 DOCS = ROOT / "docs" / "memory.md"
 HOST_GIB = 512  # plan as if host memory were plentiful, so the figures do not depend on this machine
 CONFIG_FILES = {
+    "Qwen-Image-Edit-2511": {
+        "model_index.json": "qwen_image_edit_model_index.json",
+        "transformer/config.json": "qwen_image_edit_2511_transformer.json",
+        "text_encoder/config.json": "qwen_image_edit_text_encoder.json",
+        "vae/config.json": "qwen_image_edit_vae.json",
+    },
     "Qwen-Image-Edit-2509": {
         "model_index.json": "qwen_image_edit_model_index.json",
         "transformer/config.json": "qwen_image_edit_transformer.json",
@@ -80,8 +86,8 @@ def test_parameter_counts_of_the_real_configs_match_the_published_model_sizes(re
     plan = plan_memory(real, 141, host_memory_gib=HOST_GIB)
     params = {row.size.key: row.size.parameters for row in plan.rows}
     # Qwen-Image 20B MMDiT, Qwen2.5-VL-7B (8.3B with its vision tower), Z-Image 6B, Qwen3-4B
-    assert params["qwen-image-edit-2509.transformer"] == 20_430_401_088
-    assert params["qwen-image-edit-2509.text_encoder"] == 8_292_166_656
+    assert params["qwen-image-edit-2511.transformer"] == 20_430_401_088
+    assert params["qwen-image-edit-2511.text_encoder"] == 8_292_166_656
     assert params["z-image-turbo.transformer"] == 6_154_908_736
     assert params["z-image-turbo.text_encoder"] == 4_022_468_096
     assert all(row.size.counts.source == "config (meta device)" for row in plan.rows)
@@ -103,8 +109,8 @@ def test_the_biggest_card_keeps_everything_resident_and_smaller_ones_stream_the_
     resident = plan_memory(real, 141, host_memory_gib=HOST_GIB)
     assert set(resident.placements().values()) == {"gpu"}
     small = plan_memory(real, 24, host_memory_gib=HOST_GIB)
-    assert small.placement("qwen-image-edit-2509", "transformer") == "streamed"
-    assert small.placement("qwen-image-edit-2509", "text_encoder") == "cpu-visit"
+    assert small.placement("qwen-image-edit-2511", "transformer") == "streamed"
+    assert small.placement("qwen-image-edit-2511", "text_encoder") == "cpu-visit"
     assert small.streamed_bytes_per_step > 40e9
     assert any("per denoising step" in line for line in small.cost_lines())
 
@@ -116,7 +122,7 @@ def test_below_the_minimum_no_plan_fits_and_the_smallest_memory_that_works_is_na
     assert "the smallest GPU memory that would work is 19 GiB" in str(refused.value)
     # ... and that memory is indeed enough
     just_enough = plan_memory(real, refused.value.needed_gib, host_memory_gib=HOST_GIB)
-    assert just_enough.placement("qwen-image-edit-2509", "text_encoder") == "cpu-visit"
+    assert just_enough.placement("qwen-image-edit-2511", "text_encoder") == "cpu-visit"
 
 
 def test_host_memory_too_small_for_the_pinned_copies_is_refused(real):
@@ -128,7 +134,7 @@ def test_host_memory_too_small_for_the_pinned_copies_is_refused(real):
         plan_memory(real, 24, host_memory_gib=64)
     # with 100 GiB the weights cannot all be pinned up front (~2x), so they are pinned as they stream
     tight = plan_memory(real, 24, host_memory_gib=100)
-    assert tight.placement("qwen-image-edit-2509", "transformer") == "streamed"
+    assert tight.placement("qwen-image-edit-2511", "transformer") == "streamed"
     assert not tight.pinned_streams and tight.host_bytes_needed <= 100 * 2**30
     assert any("pinned block by block" in note for note in tight.notes)
     assert plan_memory(real, 24, host_memory_gib=HOST_GIB).pinned_streams
@@ -138,9 +144,9 @@ def test_a_named_plan_that_does_not_fit_is_refused_not_replaced(real):
     with pytest.raises(NoPlanFits, match="plan 'resident' fits in 48 GiB"):
         plan_memory(real, 48, host_memory_gib=HOST_GIB, plan="resident")
     fp8 = plan_memory(real, 48, host_memory_gib=HOST_GIB, plan="fp8")
-    assert fp8.lossy and fp8.placement("qwen-image-edit-2509", "transformer") == "gpu-fp8"
+    assert fp8.lossy and fp8.placement("qwen-image-edit-2511", "transformer") == "gpu-fp8"
     # FP8 stores the blocks' linear layers in one byte per weight: about half the bf16 bytes
-    row = next(r for r in fp8.rows if r.size.key == "qwen-image-edit-2509.transformer")
+    row = next(r for r in fp8.rows if r.size.key == "qwen-image-edit-2511.transformer")
     assert 0.5 < row.placed_bytes / row.size.bytes < 0.52
 
 
@@ -169,7 +175,7 @@ def test_memory_settings_in_weights_yaml_are_validated(configs_only, tmp_path):
     assert plan.placement("z-image-turbo", "transformer") == "gpu"
     for bad, named in (
         ("memory: everything-on-gpu", "memory"),
-        ("memory:\n  overrides:\n    qwen-image-edit-2509.vae: streamed", "qwen-image-edit-2509.vae"),
+        ("memory:\n  overrides:\n    qwen-image-edit-2511.vae: streamed", "qwen-image-edit-2511.vae"),
         ("memory:\n  overrides:\n    z-image-turbo.text_encoder: streamed", "not 'streamed'"),
         ("memory:\n  overrides:\n    nope.transformer: gpu", "nope.transformer"),
         ("memory:\n  gpu_memory_gib: -3", "gpu_memory_gib"),
@@ -190,7 +196,7 @@ def test_retouch_plan_on_a_configs_only_folder(configs_only):
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "plan: low-memory" in out
-    assert re.search(r"qwen-image-edit-2509\.transformer\s+20\.430 B\s+40\.86 GB\s+streamed", out)
+    assert re.search(r"qwen-image-edit-2511\.transformer\s+20\.430 B\s+40\.86 GB\s+streamed", out)
     assert "lightning-8" in out and "estimate" in out  # the LoRA files are not there yet
     assert "estimated peak GPU memory: 17.6 GiB of 24 GiB" in out
     assert "GB over PCIe per denoising step" in out

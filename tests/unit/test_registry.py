@@ -26,7 +26,9 @@ def tiny_dict(tiny_weights: Path) -> dict:
 def test_committed_registry_declares_the_production_set():
     reg = load_registry(ROOT / "weights.yaml")
     name, edit = reg.model_for("edit_plus")
-    assert edit.hub_id == "Qwen/Qwen-Image-Edit-2509" and "inpaint" in edit.roles
+    assert name == reg.default_model == "qwen-image-edit-2511"
+    assert edit.hub_id == "Qwen/Qwen-Image-Edit-2511" and "inpaint" in edit.roles
+    assert reg.models["qwen-image-edit-2509"].hub_id == "Qwen/Qwen-Image-Edit-2509"
     assert reg.model_for("refiner")[1].hub_id == "Tongyi-MAI/Z-Image-Turbo"
     assert {edit.loras[n].steps for n in ("lightning-4", "lightning-8")} == {4, 8}
     lightning = reg.schedulers["lightning"]
@@ -78,7 +80,9 @@ def test_errors_name_the_file_the_key_and_the_bad_value(tiny_weights, tmp_path):
         ),
         (lambda d: d["modes"]["anime"].update(lora="missing-lora"), "missing-lora"),
         (lambda d: d["modes"]["anime"].update(prompt_template="no placeholder"), "{prompt}"),
-        (lambda d: d["models"]["z-image-turbo-tiny"].update(roles=["edit_plus"]), "name one as default_model"),
+        (lambda d: d["models"]["z-image-turbo-tiny"].update(roles=["edit_plus"]), "need the pipeline"),
+        (lambda d: d.pop("default_model"), "name one as default_model"),
+        (lambda d: d.update(default_model="z-image-turbo-tiny"), "is not an edit model"),
     ],
 )
 def test_invalid_registries_are_refused(tiny_weights, tmp_path, mutate, expected):

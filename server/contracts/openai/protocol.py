@@ -82,6 +82,12 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "retouch"
+    # Retouch extensions: what serves the name, under which licence, how many pictures it takes
+    model: str | None = None
+    license: str | None = None
+    max_input_images: int | None = None
+    native_pixels: int | None = None
+    prompt_enhancing: bool | None = None
 
 
 class ModelList(BaseModel):

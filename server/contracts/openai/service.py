@@ -18,7 +18,7 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from pipelines.registry import QualityPreset
+from pipelines.registry import PublicModel, QualityPreset
 from pipelines.spec import EditParams
 
 from ...core import NamedInput
@@ -91,12 +91,26 @@ class OpenAIService(ContractService):
         return int(Path(source).stat().st_mtime) if source and Path(source).exists() else 0
 
     def models(self) -> ModelList:
-        return ModelList(data=[ModelCard(id=name, created=self._created()) for name in self.public_models()])
+        return ModelList(data=[self._card(name, public) for name, public in self.public_models().items()])
 
     def model(self, model_id: str) -> ModelCard:
-        if model_id not in self.public_models():
+        public = self.public_models().get(model_id)
+        if public is None:
             raise self._unknown_model(model_id)
-        return ModelCard(id=model_id, created=self._created())
+        return self._card(model_id, public)
+
+    def _card(self, name: str, public: PublicModel) -> ModelCard:
+        registry = self.core.registry
+        entry = registry.models[public.model]
+        return ModelCard(
+            id=name,
+            created=self._created(),
+            model=public.model,
+            license=entry.license.describe() if entry.license else None,
+            max_input_images=registry.limits.max_images_per_job,
+            native_pixels=entry.vae_condition_pixels,
+            prompt_enhancing=public.enhance_prompt,
+        )
 
     def _unknown_model(self, name: str) -> ServiceError:
         have = ", ".join(sorted(self.public_models())) or "none"

@@ -265,7 +265,7 @@ def test_openai_client_that_goes_away_cancels_its_edit(tmp_path):
         thread.join(timeout=30)
 
 
-def test_committed_registry_maps_every_quality_and_both_models():
+def test_committed_registry_maps_every_quality_and_every_model_name():
     from pathlib import Path
 
     from pipelines import load_registry
@@ -274,9 +274,14 @@ def test_committed_registry_maps_every_quality_and_both_models():
     assert {"low", "medium", "standard", "high", "hd", "auto"} <= set(reg.qualities)
     assert reg.qualities["low"].lightning_steps == 4 and reg.qualities["medium"].lightning_steps == 8
     assert reg.qualities["high"].lightning_steps is None and reg.qualities["high"].steps == 40
-    assert {n: m.enhance_prompt for n, m in reg.public_models.items()} == {
-        "qwen-image-edit": False,
-        "qwen-image-edit-pe": True,
+    # the default alias, each edit model by name, and a prompt-enhancing (-pe) twin of each
+    assert {n: (m.model, m.enhance_prompt) for n, m in reg.public_models.items()} == {
+        "qwen-image-edit": ("qwen-image-edit-2511", False),
+        "qwen-image-edit-pe": ("qwen-image-edit-2511", True),
+        "qwen-image-edit-2511": ("qwen-image-edit-2511", False),
+        "qwen-image-edit-2511-pe": ("qwen-image-edit-2511", True),
+        "qwen-image-edit-2509": ("qwen-image-edit-2509", False),
+        "qwen-image-edit-2509-pe": ("qwen-image-edit-2509", True),
     }
 
 

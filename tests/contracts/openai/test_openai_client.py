@@ -147,7 +147,35 @@ def test_openai_client_errors_raise_the_clients_exceptions(client):
         client.images.edit(image=_file("p.png", b"not a picture"), prompt="x")
     assert info.value.code == "invalid_image"
     models = [m.id for m in client.models.list()]
-    assert models == ["qwen-image-edit", "qwen-image-edit-pe"]
+    assert models == [
+        "qwen-image-edit",
+        "qwen-image-edit-pe",
+        "qwen-image-edit-2511",
+        "qwen-image-edit-2511-pe",
+        "qwen-image-edit-2509",
+        "qwen-image-edit-2509-pe",
+    ]
+
+
+def test_openai_client_chooses_the_model_per_request(client, serve):
+    """Each model by name: the one this pod loads runs (the record names it); one no live pod
+    loads is a clear 400 naming what is loaded, and /v1/models says what each name is."""
+    card = client.models.retrieve("qwen-image-edit-2509")
+    extra = card.model_extra or {}
+    assert extra["model"] == "qwen-image-edit-2509-tiny" and extra["license"] == "Apache-2.0"
+    assert extra["max_input_images"] == 3
+    raw = client.images.with_raw_response.edit(
+        model="qwen-image-edit-2511", image=_file("p.png", png_bytes(96, 64)), prompt="x", quality="low"
+    )
+    job_id = raw.headers["x-retouch-job-id"]
+    from server.store import SQLiteStore
+
+    record = SQLiteStore(serve.data_dir / "retouch.sqlite3").get_job(job_id)
+    assert record.job.params.model == "qwen-image-edit-tiny" and record.meta.model == "qwen-image-edit-tiny"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.edit(model="qwen-image-edit-2509", image=_file("p.png", png_bytes()), prompt="x")
+    assert info.value.param == "model" and "qwen-image-edit-2509-tiny" in info.value.message
+    assert "loaded: qwen-image-edit-tiny" in info.value.message
 
 
 def test_ig1_json_example_from_the_seed(serve):
