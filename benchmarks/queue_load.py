@@ -58,7 +58,9 @@ def png_data_url(width: int = 64, height: int = 48) -> str:
 class PodProcess:
     """One ``retouch serve`` process (a pod) with its own port, data dir and log file."""
 
-    def __init__(self, cluster: Cluster, role: str, server_id: str, workers: int = 1):
+    def __init__(
+        self, cluster: Cluster, role: str, server_id: str, workers: int = 1, env: dict | None = None
+    ):
         self.cluster = cluster
         self.role = role
         self.server_id = server_id
@@ -73,7 +75,12 @@ class PodProcess:
         cmd += ["--workers", str(workers)]
         with self.log_path.open("w") as log:
             self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=cluster.env, start_new_session=True
+                cmd,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**cluster.env, **(env or {})},
+                start_new_session=True,
             )
 
     def log_tail(self, chars: int = 3000) -> str:
@@ -133,8 +140,10 @@ class Cluster:
         self.env.update({f"RETOUCH_{k.upper()}": str(v) for k, v in values.items()})
         self.pods: list[PodProcess] = []
 
-    def start(self, role: str, server_id: str, workers: int = 1) -> PodProcess:
-        pod = PodProcess(self, role, server_id, workers)
+    def start(self, role: str, server_id: str, workers: int = 1, **settings) -> PodProcess:
+        """``settings``: this pod's own (e.g. ``edit_model``), on top of the cluster's."""
+        env = {f"RETOUCH_{k.upper()}": str(v) for k, v in settings.items()}
+        pod = PodProcess(self, role, server_id, workers, env)
         self.pods.append(pod)
         return pod
 

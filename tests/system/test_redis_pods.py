@@ -73,10 +73,12 @@ def test_redis_servers_lists_live_pods_for_admins(cluster, client, registry):
             break
         time.sleep(0.2)
     assert set(pods) == {*WORKERS, "api-a", "api-b"}
+    # each worker pod loads the default edit model (no RETOUCH_EDIT_MODEL) and the refiner
+    held = sorted({registry.default_model, registry.model_for("refiner")[0]})
     for sid in WORKERS:
         assert pods[sid]["role"] == "worker" and pods[sid]["workers_alive"] == 1
-        assert pods[sid]["models"] == sorted(registry.models)
-        assert pods[sid]["loras"] == {m: sorted(e.loras) for m, e in registry.models.items()}
+        assert pods[sid]["models"] == held
+        assert pods[sid]["loras"] == {m: sorted(registry.models[m].loras) for m in held}
         assert pods[sid]["age_s"] < 3
     assert pods["api-a"]["role"] == "api" and pods["api-a"]["models"] == []
 
