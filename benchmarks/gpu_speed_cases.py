@@ -39,8 +39,14 @@ def attention_candidates(ctx: Context) -> list[str]:
 
 
 def attention_backends(ctx: Context) -> dict:
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
     out = {}
     entry = ctx.engine.edit.entry
+    # set_attention_backend also sets diffusers' process-wide active backend, which the model's
+    # reset does not undo: without this, every engine built later (the memory cases) runs on the
+    # last backend tried here.
+    active = _AttentionBackendRegistry._active_backend
     for backend in attention_candidates(ctx):
         if ctx.left() < (ctx.runs(2) + ctx.warmups(1)) * ctx.estimator.job_s(8):
             out[backend] = {"skipped": "budget"}
@@ -53,6 +59,7 @@ def attention_backends(ctx: Context) -> dict:
             out[backend] = {"unavailable": f"{type(e).__name__}: {e}"[:500]}
         finally:
             _restore(ctx, entry, _transformers(ctx))
+            _AttentionBackendRegistry.set_active_backend(active)
     return {"backends": out}
 
 
