@@ -68,7 +68,11 @@ def test_readyz_reports_the_demo_set(demo_server):
     assert body["weights"]["set"] == "demo"
     assert body["weights"]["registry"] == str(demo_dir / "weights.yaml")
     assert body["weights"]["manifest"] is True
-    assert set(body["weights"]["revisions"]) == {"qwen-image-edit-tiny", "qwen-image-edit-2509-tiny", "z-image-turbo-tiny"}
+    assert set(body["weights"]["revisions"]) == {
+        "qwen-image-edit-tiny",
+        "qwen-image-edit-2509-tiny",
+        "z-image-turbo-tiny",
+    }
 
 
 def test_first_edit_on_the_demo_set_completes(demo_server):
