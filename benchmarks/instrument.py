@@ -79,7 +79,7 @@ class StockEditPipe:
                  max_sequence_length=512, preview_steps=(), on_preview=None):  # fmt: skip
         from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as stock_module
 
-        from pipelines.qwen_edit import QwenEditOutput
+        from pipelines.edit_loop import EditOutput
 
         if mask is not None or cfg_norm_strength != 1.0 or preview_steps:
             raise ValueError("the stock pipeline has no mask, no previews and only the norm-rescaled CFG")
@@ -95,4 +95,4 @@ class StockEditPipe:
                              max_sequence_length=max_sequence_length)  # fmt: skip
         finally:
             stock_module.VAE_IMAGE_SIZE, stock_module.CONDITION_IMAGE_SIZE = saved
-        return QwenEditOutput(images=out.images, timings={})
+        return EditOutput(images=out.images, timings={})

@@ -21,9 +21,11 @@ from .errors import RegistryError
 from .registry import Registry
 from .sizing import job_sizes
 from .spec import EditParams
+from .validation import lightning_steps_run
 
 WORK_FEATURES = ("pictures", "forwards", "edit_tflops", "refine_tflops", "megapixels")
-# The model edits at multiples of its VAE factor (8) times the transformer patch (2).
+# The edit models edit at multiples of their VAE factor (8) times the transformer patch (2);
+# Qwen-Image 2.1 at 32 (VAE 16, its picture slots 2x2 tokens): close enough for a price.
 SIZE_MULTIPLE = 16
 # Text tokens besides the prompt's (the edit prompt template) and per character of the prompt.
 TEMPLATE_TOKENS = 64
@@ -67,12 +69,20 @@ def job_work(
     conditions = [
         flops.condition_size(w, h, entry.vae_condition_pixels) for w, h in [*image_sizes, *reference_sizes]
     ]
-    vl_tokens = len(conditions) * entry.vl_condition_pixels // VL_PIXELS_PER_TOKEN
-    text_tokens = TEMPLATE_TOKENS + math.ceil(len(spec.prompt) / CHARS_PER_TOKEN) + vl_tokens
     true_cfg = guidance > 1
-    edit_flops = flops.qwen_edit_job_flops(
-        _config(folder, flops.QWEN_EDIT_CONFIG), *edit, conditions, text_tokens, steps, true_cfg
-    )
+    prompt_tokens = TEMPLATE_TOKENS + math.ceil(len(spec.prompt) / CHARS_PER_TOKEN)
+    if entry.pipeline == "qwen_image_21":
+        # its encoder's picture slots become the pictures' latent tokens, counted as image tokens
+        text_tokens = prompt_tokens
+        edit_flops = flops.qwen_image_21_job_flops(
+            _config(folder, flops.QWEN_21_CONFIG), *edit, conditions, text_tokens, steps, true_cfg,
+            entry.performance.kv_cache,
+        )  # fmt: skip
+    else:
+        text_tokens = prompt_tokens + len(conditions) * entry.vl_condition_pixels // VL_PIXELS_PER_TOKEN
+        edit_flops = flops.qwen_edit_job_flops(
+            _config(folder, flops.QWEN_EDIT_CONFIG), *edit, conditions, text_tokens, steps, true_cfg
+        )
     n = spec.num_images
     pixels = edit[0] * edit[1] + final[0] * final[1] + sum(w * h for w, h in conditions)
     return {
@@ -86,11 +96,12 @@ def job_work(
 
 def _steps_and_guidance(spec: EditParams, registry: Registry, entry) -> tuple[int, float]:
     """What the engine's plan runs (pipelines/engine.py ``_plan``)."""
-    if spec.lightning_steps is not None:
-        lora = entry.loras.get(registry.lightning_lora(spec.lightning_steps) or "")
+    lightning = lightning_steps_run(spec, registry)
+    if lightning is not None:
+        lora = entry.loras.get(registry.lightning_lora(lightning, spec.model) or "")
         if lora is not None:
-            return lora.steps or spec.lightning_steps, lora.guidance if lora.guidance is not None else 1.0
-        return spec.lightning_steps, 1.0
+            return lora.steps or lightning, lora.guidance if lora.guidance is not None else 1.0
+        return lightning, 1.0
     steps = spec.num_inference_steps or entry.default_steps
     guidance = spec.guidance_scale if spec.guidance_scale is not None else entry.default_guidance
     return steps, guidance

@@ -19,7 +19,7 @@ from .refine import refine, tile_vae_above
 from .registry import Registry, require_files
 from .sizing import job_sizes
 from .spec import EditResult, EditSpec, OutputImage, PreviewCallback, ProgressCallback
-from .validation import MAX_SEED, check_spec
+from .validation import MAX_SEED, check_spec, lightning_steps_run
 
 # Refining pictures with text or a product in them blurs lettering and fine print first.
 MAX_REFINE_WITH_TEXT = 0.15
@@ -159,7 +159,7 @@ class EditEngine:
                 generator=torch.Generator("cpu").manual_seed(seed),
                 negative_prompt=plan["negative_prompt"],
                 true_cfg_scale=plan["guidance"],
-                cfg_norm_strength=spec.cfg_norm_strength,
+                cfg_norm_strength=plan["cfg_norm_strength"],
                 mask=mask.resize(edit_size, Image.Resampling.BILINEAR) if mask is not None else None,
                 vae_condition_pixels=self.edit.entry.vae_condition_pixels,
                 vl_condition_pixels=self.edit.entry.vl_condition_pixels,
@@ -204,8 +204,9 @@ class EditEngine:
     def _plan(self, spec: EditSpec, warnings: list[str]) -> dict:
         entry = self.edit.entry
         adapters: list[tuple[str, float]] = []
-        if spec.lightning_steps is not None:
-            name = self.registry.lightning_lora(spec.lightning_steps)
+        lightning = lightning_steps_run(spec, self.registry)
+        if lightning is not None:
+            name = self.registry.lightning_lora(lightning)
             lora = entry.loras[name]
             adapters.append((name, lora.weight))
             steps, guidance = lora.steps, lora.guidance if lora.guidance is not None else 1.0
@@ -219,17 +220,20 @@ class EditEngine:
             negative = (
                 spec.negative_prompt or (mode.negative_prompt if mode else None) or DEFAULT_NEGATIVE_PROMPT
             )
-            if guidance <= 1 and spec.negative_prompt:
-                warnings.append("negative_prompt has no effect with guidance_scale <= 1")
-        if spec.mode and self.registry.modes[spec.mode].lora:
-            lora_name = self.registry.modes[spec.mode].lora
-            adapters.append((lora_name, entry.loras[lora_name].weight))
+        mode_lora = self.registry.modes[spec.mode].lora if spec.mode else None
+        if mode_lora in entry.loras:  # a mode's LoRA is the edit model's own (check_params warns)
+            adapters.append((mode_lora, entry.loras[mode_lora].weight))
         return {
             "adapters": adapters,
             "steps": steps,
             "guidance": guidance,
             "scheduler": scheduler,
             "negative_prompt": negative,
+            "cfg_norm_strength": (
+                spec.cfg_norm_strength
+                if spec.cfg_norm_strength is not None
+                else entry.default_cfg_norm_strength
+            ),
         }
 
     def _activate(self, plan: dict) -> None:
@@ -284,7 +288,7 @@ class EditEngine:
             "seed": seed,
             "steps": plan["steps"],
             "guidance_scale": plan["guidance"],
-            "cfg_norm_strength": spec.cfg_norm_strength,
+            "cfg_norm_strength": plan["cfg_norm_strength"],
             "edit_size": list(edit_size),
             "output_size": list(final_size),
             "refiner": self.refiner.name if self.refiner is not None and refine_strength > 0 else None,

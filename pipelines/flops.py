@@ -17,6 +17,12 @@ Image tokens: one per 16x16 pixels (VAE /8, patch 2) for the output and for ever
 picture (the Plus pipeline resizes those to ~1 MP); text tokens: the encoded prompt, which holds
 the vision-language tokens of each condition picture (~14x14 = 196 per picture at 384^2).
 
+Qwen-Image 2.1 (single-stream, block-causal, SwiGLU FFN of ratio r = mlp_ratio, latents unpatched at
+16 pixels a token, condition pictures' latents inside the joint sequence): per block, for n query
+tokens over L key tokens, 8*n*d^2 (Q, K, V, out) + 4*n*L*d (attention, counted dense) + 6*r*n*d^2.
+With its prefix KV cache the first step runs the whole sequence and each later one only the
+target's tokens (n = target, L = everything).
+
 Z-Image (single-stream DiT, SwiGLU FFN with hidden int(dim/3*8)): per main layer over the unified
 image + caption sequence 8*N*D^2 + 4*N^2*D + 6*N*D*H, plus two noise-refiner layers over the
 image tokens and two context-refiner layers over the caption tokens; sequences are padded to 32.
@@ -32,6 +38,8 @@ from pathlib import Path
 # without its own config.json (or a test registry with no files) is priced with.
 BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
 QWEN_EDIT_CONFIG = "qwen_image_edit_transformer.json"
+# no config is published with the weights yet: the class defaults of diffusers 0.42.1 (7.1 B)
+QWEN_21_CONFIG = "qwen_image_21_transformer.json"
 Z_IMAGE_CONFIG = "z_image_turbo_transformer.json"
 
 
@@ -107,3 +115,31 @@ def qwen_edit_job_flops(
     """Transformer FLOPs of a whole edit: steps x forwards (x2 with true CFG)."""
     img = image_tokens(width, height) + sum(image_tokens(w, h) for w, h in condition_sizes)
     return qwen_image_forward_flops(config, img, txt_tokens) * steps * (2 if true_cfg else 1)
+
+
+def qwen_image_21_forward_flops(config: dict, query_tokens: int, key_tokens: int) -> float:
+    """FLOPs of one QwenImage21Transformer2DModel forward for one sample, ``query_tokens`` of
+    ``key_tokens`` recomputed (all of them without the prefix KV cache)."""
+    d = config["num_attention_heads"] * config["attention_head_dim"]
+    n, length = query_tokens, key_tokens
+    per_block = 8 * n * d * d + 4 * n * length * d + 6 * config["mlp_ratio"] * n * d * d
+    io = 2 * n * d * (config["in_channels"] + config["out_channels"]) + 2 * (256 * d + d * d + 4 * d * d)
+    return float(config["num_layers"] * per_block + io)
+
+
+def qwen_image_21_job_flops(
+    config: dict,
+    width: int,
+    height: int,
+    condition_sizes: list[tuple[int, int]],
+    txt_tokens: int,
+    steps: int,
+    true_cfg: bool,
+    kv_cache: bool = True,
+) -> float:
+    """Transformer FLOPs of a whole Qwen-Image 2.1 job."""
+    target = image_tokens(width, height, vae_scale=16, patch=1)
+    total = txt_tokens + target + sum(image_tokens(w, h, vae_scale=16, patch=1) for w, h in condition_sizes)
+    full = qwen_image_21_forward_flops(config, total, total)
+    later = qwen_image_21_forward_flops(config, target, total) if kv_cache else full
+    return (full + (steps - 1) * later) * (2 if true_cfg else 1)

@@ -52,7 +52,7 @@ def resolve_device(requested: str) -> torch.device:
 class LoadedEditModel:
     name: str
     entry: ModelEntry
-    pipe: object  # RetouchQwenEditPipeline
+    pipe: object  # RetouchQwenEditPipeline or RetouchQwenImage21Pipeline (EDIT_PIPELINE_CLASSES)
     schedulers: dict[str, object]  # "default" plus the registry's named schedulers
     adapters: list[str]
     hashes: dict[str, str] = field(default_factory=dict)
@@ -70,10 +70,19 @@ class LoadedRefiner:
     hashes: dict[str, str] = field(default_factory=dict)
 
 
+def edit_pipeline_class(kind: str):
+    """Retouch's pipeline for a weights.yaml ``pipeline`` kind of edit model."""
+    if kind == "qwen_image_21":
+        from .qwen21 import RetouchQwenImage21Pipeline
+
+        return RetouchQwenImage21Pipeline
+    from .qwen_edit import RetouchQwenEditPipeline
+
+    return RetouchQwenEditPipeline
+
+
 def load_edit_model(registry: Registry, device: str | None = None) -> LoadedEditModel:
     from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from .qwen_edit import RetouchQwenEditPipeline
 
     found = registry.model_for("edit_plus") or registry.model_for("edit")
     if found is None:
@@ -82,7 +91,11 @@ def load_edit_model(registry: Registry, device: str | None = None) -> LoadedEdit
     folder = registry.resolve(entry.path)
     target = resolve_device(device or entry.device)
     dtype = DTYPES[entry.dtype]
-    pipe = RetouchQwenEditPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    pipe = edit_pipeline_class(entry.pipeline).from_pretrained(
+        folder, torch_dtype=dtype, local_files_only=True
+    )
+    if entry.pipeline == "qwen_image_21":
+        pipe.use_kv_cache = entry.performance.kv_cache
     plan = memory_apply.plan_for(registry, target)
     placements = memory_apply.placements_of(plan, name)
     memory_apply.move_resident(pipe, placements, target)

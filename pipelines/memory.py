@@ -72,7 +72,9 @@ def _inputs(registry: Registry, max_side: int | None, device: DeviceProfile) -> 
     refiner = registry.model_for("refiner")
     work = Workload(
         max_side=max_side or limits.max_output_side,
-        condition_pictures=limits.max_images_per_job + limits.max_references,
+        condition_pictures=(
+            registry.max_pictures(None) if registry.edit_models() else limits.max_images_per_job
+        ),
         vae_condition_pixels=edit_area,
         refiner_tiling_above_pixels=refiner[1].vae_tiling_above_pixels if refiner else 2048 * 2048,
         edit_tiling_above_pixels=edit_tiling,

@@ -27,6 +27,7 @@ SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1
 # The repeated blocks diffusers' block-level group offloading streams, per component class.
 BLOCK_LISTS = {
     "QwenImageTransformer2DModel": ("transformer_blocks",),
+    "QwenImage21Transformer2DModel": ("transformer_blocks",),
     "ZImageTransformer2DModel": ("layers", "noise_refiner", "context_refiner"),
 }
 SIZED_COMPONENTS = ("transformer", "text_encoder", "vae")

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import QwenImageEditPlusPipeline
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (
     calculate_dimensions,
@@ -29,35 +27,14 @@ from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (
 )
 from PIL import Image
 
-from .errors import InvalidInputError, NonFiniteOutputError
+from .edit_loop import EditLoopMixin, EditOutput, StageClock
 
 
-@dataclass
-class QwenEditOutput:
-    images: list[Image.Image]
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-class _StageClock:
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.timings: dict[str, float] = {}
-
-    def mark(self, stage: str, started: float) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        self.timings[stage] = self.timings.get(stage, 0.0) + now - started
-        return now
-
-
-class RetouchQwenEditPipeline(QwenImageEditPlusPipeline):
+class RetouchQwenEditPipeline(EditLoopMixin, QwenImageEditPlusPipeline):
     # set by the loader from weights.yaml (performance.prompt_cache_size); None = always encode
     prompt_cache = None
     # set by the loader (performance.offload_text_encoder): sends the text encoder back to CPU memory
     text_encoder_hook = None
-    # set by the memory plan (pipelines/memory_apply.py) when the transformer visits per job
-    transformer_hook = None
 
     def _encode_cached(self, *, prompt, image, device, max_sequence_length):
         cache = self.prompt_cache
@@ -73,28 +50,6 @@ class RetouchQwenEditPipeline(QwenImageEditPlusPipeline):
         if cache is not None:
             cache.put(key, encoded)
         return encoded
-
-    def check_edit_inputs(self, images, prompt, height, width, num_inference_steps, true_cfg_scale, mask):
-        if not images:
-            raise InvalidInputError("at least one input image is required", field="images")
-        if not prompt or not prompt.strip():
-            raise InvalidInputError("prompt must not be empty", field="prompt")
-        multiple = self.vae_scale_factor * 2
-        if height % multiple or width % multiple:
-            raise InvalidInputError(f"height and width must be multiples of {multiple}, got {width}x{height}")
-        if not 1 <= num_inference_steps <= 100:
-            raise InvalidInputError(
-                f"num_inference_steps must be within 1..100, got {num_inference_steps}",
-                field="num_inference_steps",
-            )
-        if not 0 <= true_cfg_scale <= 20:
-            raise InvalidInputError(
-                f"guidance_scale must be within 0..20, got {true_cfg_scale}", field="guidance_scale"
-            )
-        if mask is not None and mask.size != (width, height):
-            raise InvalidInputError(
-                f"mask is {mask.size[0]}x{mask.size[1]} but the output is {width}x{height}", field="mask"
-            )
 
     @torch.no_grad()
     def __call__(
@@ -116,11 +71,11 @@ class RetouchQwenEditPipeline(QwenImageEditPlusPipeline):
         max_sequence_length: int = 512,
         preview_steps: Collection[int] = (),
         on_preview: Callable[[int, Image.Image], None] | None = None,
-    ) -> QwenEditOutput:
+    ) -> EditOutput:
         # 1. Check inputs
         self.check_edit_inputs(images, prompt, height, width, num_inference_steps, true_cfg_scale, mask)
         device = self._execution_device
-        clock = _StageClock(device)
+        clock = StageClock(device)
         started = time.perf_counter()
 
         # 2. Resize condition images: small for the vision-language model, larger for the VAE
@@ -215,73 +170,9 @@ class RetouchQwenEditPipeline(QwenImageEditPlusPipeline):
                 latents = self._apply_mask_guide(guide, latents, timesteps, i)
             if on_step is not None:
                 on_step(i + 1, len(timesteps))
-        if not torch.isfinite(latents).all():
-            raise NonFiniteOutputError("the model produced NaN/Inf latents; no picture was returned")
         started = clock.mark("denoise", started)
 
-        if self.transformer_hook is not None:
-            self.transformer_hook.offload()  # the decode needs its room
-        # 7. Decode
-        decoded = self._decode(latents, height, width)
-        if not torch.isfinite(decoded).all():
-            raise NonFiniteOutputError("the VAE produced NaN/Inf pixels; no picture was returned")
-        out = self.image_processor.postprocess(decoded, output_type="pil")
+        # 7. Decode (the NaN/Inf guard on latents and pixels)
+        out = self._decode_checked(latents, height, width)
         clock.mark("decode", started)
-        return QwenEditOutput(images=out, timings=clock.timings)
-
-    def _decode(self, packed: torch.Tensor, height: int, width: int, pool: int = 1) -> torch.Tensor:
-        """Packed latents to pixels in [-1, 1]; ``pool`` > 1 decodes a smaller, cheaper picture."""
-        latents = self._unpack_latents(packed, height, width, self.vae_scale_factor).to(self.vae.dtype)
-        if pool > 1:
-            latents = F.avg_pool3d(latents, kernel_size=(1, pool, pool))
-        z = self.vae.config.z_dim
-        mean = (
-            torch.tensor(self.vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
-        )
-        inv_std = 1.0 / torch.tensor(self.vae.config.latents_std).view(1, z, 1, 1, 1).to(
-            latents.device, latents.dtype
-        )
-        return self.vae.decode(latents / inv_std + mean, return_dict=False)[0][:, :, 0]
-
-    def _preview(self, latents, noise_pred, i: int, guide, height: int, width: int) -> Image.Image:
-        """The clean picture this step predicts, decoded at half size.
-
-        Flow matching predicts velocity v = noise - x0, so x0 = x_t - sigma_t * v costs nothing
-        extra; decoding half-size latents costs about a quarter of the final decode. The loop's
-        own tensors are left untouched, so asking for previews never changes the result.
-        """
-        sigma = self.scheduler.sigmas[i].to(latents.device, latents.dtype)
-        x0 = latents - sigma * noise_pred
-        if guide is not None:
-            x0 = guide["mask"] * x0 + (1 - guide["mask"]) * guide["latents"]
-        pixels = self._decode(x0, height, width, pool=2).float().nan_to_num().clamp(-1, 1)
-        return self.image_processor.postprocess(pixels, output_type="pil")[0]
-
-    @staticmethod
-    def _combine_cfg(cond, uncond, scale: float, norm_strength: float) -> torch.Tensor:
-        comb = uncond + scale * (cond - uncond)
-        if norm_strength == 0:
-            return comb
-        ratio = torch.norm(cond, dim=-1, keepdim=True) / torch.norm(comb, dim=-1, keepdim=True)
-        if norm_strength == 1:
-            return comb * ratio  # exactly the stock pipeline's arithmetic
-        return comb * ((1 - norm_strength) + norm_strength * ratio)
-
-    def _prepare_mask_guide(self, image, mask, height, width, dtype, device, noise):
-        """Latents of the edited picture at output size, and a per-token mask (1 = edit)."""
-        pixels = self.image_processor.preprocess(image, height, width).unsqueeze(2).to(device, dtype)
-        lat = self._encode_vae_image(pixels, generator=None)
-        lh, lw = lat.shape[3:]
-        packed = self._pack_latents(lat, 1, lat.shape[1], lh, lw)
-        m = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
-        # One token covers a 2x2 patch of latents; max-pooling keeps edge tokens editable.
-        m = F.adaptive_max_pool2d(F.interpolate(m, size=(lh, lw), mode="area"), (lh // 2, lw // 2))
-        token_mask = (m > 0.5).to(device, dtype).flatten(2).transpose(1, 2)
-        return {"latents": packed, "mask": token_mask, "noise": noise.clone()}
-
-    def _apply_mask_guide(self, guide, latents, timesteps, i):
-        if i + 1 < len(timesteps):
-            keep = self.scheduler.scale_noise(guide["latents"], timesteps[i + 1 : i + 2], guide["noise"])
-        else:
-            keep = guide["latents"]
-        return guide["mask"] * latents + (1 - guide["mask"]) * keep
+        return EditOutput(images=out, timings=clock.timings)

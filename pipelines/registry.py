@@ -32,12 +32,14 @@ from .registry_entries import (  # noqa: F401 (re-exported: weights.yaml's types
     Strict,
 )
 
-# The pipeline each role runs on: an edit model is a Qwen-Image-Edit Plus pipeline, a refiner Z-Image.
+# The pipelines each role can run on: an edit model is a Qwen-Image-Edit Plus or a Qwen-Image 2.1
+# pipeline, a refiner Z-Image.
+EDIT_PIPELINES = frozenset({"qwen_image_edit_plus", "qwen_image_21"})
 ROLE_PIPELINES = {
-    "edit": "qwen_image_edit_plus",
-    "edit_plus": "qwen_image_edit_plus",
-    "inpaint": "qwen_image_edit_plus",
-    "refiner": "z_image_img2img",
+    "edit": EDIT_PIPELINES,
+    "edit_plus": EDIT_PIPELINES,
+    "inpaint": EDIT_PIPELINES,
+    "refiner": frozenset({"z_image_img2img"}),
 }
 
 
@@ -70,9 +72,10 @@ class Registry(Strict):
                         f"schedulers (have {sorted(self.schedulers)})"
                     )
         for name, model in self.models.items():
-            kinds = {ROLE_PIPELINES[role] for role in model.roles}
-            if kinds - {model.pipeline}:
-                raise ValueError(f"models.{name}: roles {model.roles} need the pipeline {sorted(kinds)[0]!r}")
+            for role in model.roles:
+                if model.pipeline not in ROLE_PIPELINES[role]:
+                    need = " or ".join(repr(k) for k in sorted(ROLE_PIPELINES[role]))
+                    raise ValueError(f"models.{name}: role {role!r} needs the pipeline {need}")
         refiners = [n for n, m in self.models.items() if "refiner" in m.roles]
         if len(refiners) > 1:
             raise ValueError(f"role 'refiner' is declared by several models: {refiners}")
@@ -140,6 +143,15 @@ class Registry(Strict):
             return self
         self.edit_model(name)
         return self.model_copy(update={"default_model": name})
+
+    def max_input_images(self, name: str | None) -> int:
+        """Input pictures a job may give the edit model ``name`` (or the default one)."""
+        return self.edit_model(name)[1].max_input_images or self.limits.max_images_per_job
+
+    def max_pictures(self, name: str | None) -> int:
+        """Pictures the edit model reads at once: input and reference pictures together."""
+        entry = self.edit_model(name)[1]
+        return entry.max_pictures or self.max_input_images(name) + self.limits.max_references
 
     def base_dir(self) -> Path:
         here = Path(self.source).parent if self.source else Path.cwd()

@@ -8,12 +8,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Role = Literal["edit", "edit_plus", "inpaint", "refiner"]
-PipelineKind = Literal["qwen_image_edit_plus", "z_image_img2img"]
+PipelineKind = Literal["qwen_image_edit_plus", "qwen_image_21", "z_image_img2img"]
 DType = Literal["bfloat16", "float16", "float32"]
 
 # What a diffusers folder must hold, per pipeline kind, for loading to succeed offline.
 REQUIRED_SUBFOLDERS: dict[str, tuple[str, ...]] = {
     "qwen_image_edit_plus": ("transformer", "vae", "text_encoder", "tokenizer", "processor", "scheduler"),
+    "qwen_image_21": ("transformer", "vae", "text_encoder", "processor", "scheduler"),
     "z_image_img2img": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
 }
 
@@ -57,6 +58,9 @@ class Performance(Strict):
     # keep the text encoder in CPU memory; it visits the GPU only to encode (prompt-cache misses).
     # Frees ~16.6 GB (Qwen2.5-VL-7B) or ~8 GB (Qwen3-4B, refiner) so both models stay resident.
     offload_text_encoder: bool = False
+    # Qwen-Image 2.1: keys and values of the text and condition pictures computed once per job
+    # (exact: its causal_condition makes them independent of the step)
+    kv_cache: bool = True
 
     @field_validator("attention_backend")
     @classmethod
@@ -107,9 +111,20 @@ class ModelEntry(Strict):
     device: str = "cuda"
     default_steps: int = Field(ge=1, le=100)
     default_guidance: float = Field(ge=0, le=20)
-    # The Plus pipeline resizes condition images to these areas (VAE and vision encoder).
+    # what a job that sets no cfg_norm_strength gets: 1 = the stock Qwen-Image-Edit rescale,
+    # 0 = plain CFG (Qwen-Image 2.1's)
+    default_cfg_norm_strength: float = Field(default=1.0, ge=0, le=1)
+    # The Plus pipeline resizes condition images to these areas (VAE and vision encoder);
+    # Qwen-Image 2.1 reads one area for both, vae_condition_pixels (its native output area).
     vae_condition_pixels: int = Field(default=1024 * 1024, ge=64 * 64)
     vl_condition_pixels: int = Field(default=384 * 384, ge=56 * 56)
+    # input pictures a job may give this model (default: limits.max_images_per_job), and the
+    # pictures it reads at once, input and reference pictures together; a model that declares
+    # max_pictures takes that many references in place of limits.max_references
+    max_input_images: int | None = Field(default=None, ge=1, le=64)
+    max_pictures: int | None = Field(default=None, ge=1, le=64)
+    # the output area the model was trained for (clients see it on /v1/models); default the condition area
+    native_pixels: int | None = Field(default=None, ge=64 * 64)
     loras: dict[str, LoraEntry] = Field(default_factory=dict)
     # Larger outputs are decoded (and refined) in VAE tiles.
     vae_tiling_above_pixels: int = Field(default=2048 * 2048, ge=1)

@@ -41,12 +41,14 @@ class EditParams:
     model: str | None = None
     negative_prompt: str | None = None
     mask_feather_px: int = 8
-    # None = full model; 4 or 8 = the Lightning LoRA with that many steps
+    # None = full model; 4 or 8 = the Lightning LoRA with that many steps (a model without any
+    # Lightning LoRA runs its full model instead, and the job's warnings say so)
     lightning_steps: int | None = 8
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
-    # 0 = plain CFG, 1 = the norm rescaling of the stock Qwen pipelines, in between a blend
-    cfg_norm_strength: float = 1.0
+    # 0 = plain CFG, 1 = the norm rescaling of the stock Qwen-Image-Edit pipelines, in between a
+    # blend; None = the model's own (weights.yaml default_cfg_norm_strength)
+    cfg_norm_strength: float | None = None
     refine_strength: float = 0.0
     resolution: Resolution | None = None
     width: int | None = None

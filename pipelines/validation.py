@@ -34,13 +34,24 @@ def check_counts(params: EditParams, images: int, references: int, registry: Reg
     limits = registry.limits
     if not images:
         raise InvalidInputError("at least one input image is required", field="images")
-    if images > limits.max_images_per_job:
+    try:
+        model, entry = registry.edit_model(params.model)
+    except RegistryError as exc:
+        raise InvalidInputError(f"model {exc.message}", field="model") from None
+    max_images = registry.max_input_images(model)
+    if images > max_images:
         raise InvalidInputError(
-            f"{images} input images given, at most {limits.max_images_per_job} are allowed", field="images"
+            f"{images} input images given, at most {max_images} are allowed for {model}", field="images"
         )
-    if references > limits.max_references:
+    if entry.max_pictures is not None and images + references > entry.max_pictures:
         raise InvalidInputError(
-            f"{references} reference images given, at most {limits.max_references} are allowed",
+            f"{images} input and {references} reference images given, {model} reads at most "
+            f"{entry.max_pictures} pictures in all",
+            field="references",
+        )
+    if entry.max_pictures is None and references > limits.max_references:
+        raise InvalidInputError(
+            f"{references} reference images given, at most {limits.max_references} are allowed for {model}",
             field="references",
         )
     if params.product_saturation is not None and params.product_saturation != 1 and images < 2:
@@ -89,28 +100,47 @@ def check_params(params: EditParams, registry: Registry, *, masked: bool = False
         palette_prompt(params.palette)
 
     try:
-        model, _ = registry.edit_model(params.model)
+        model, entry = registry.edit_model(params.model)
     except RegistryError as exc:
         raise InvalidInputError(f"model {exc.message}", field="model") from None
-    if params.lightning_steps is not None:
-        if registry.lightning_lora(params.lightning_steps, model) is None:
+    lightning = lightning_steps_run(params, registry)
+    if params.lightning_steps is not None and lightning is None:
+        steps = params.num_inference_steps or entry.default_steps
+        warnings.append(
+            f"lightning_steps={params.lightning_steps} ignored: {model} has no Lightning LoRA, "
+            f"the full model runs {steps} steps"
+        )
+    if lightning is not None:
+        if registry.lightning_lora(lightning, model) is None:
             raise UnsupportedFeatureError(
-                f"no Lightning LoRA for {params.lightning_steps} steps is declared for {model}",
-                field="lightning_steps",
+                f"no Lightning LoRA for {lightning} steps is declared for {model}", field="lightning_steps"
             )
-        if params.num_inference_steps is not None and params.num_inference_steps != params.lightning_steps:
+        if params.num_inference_steps is not None and params.num_inference_steps != lightning:
             warnings.append(
                 f"num_inference_steps={params.num_inference_steps} ignored: Lightning runs "
-                f"{params.lightning_steps} steps (turn fast mode off for the full model)"
+                f"{lightning} steps (turn fast mode off for the full model)"
             )
         if params.guidance_scale is not None:
             warnings.append("guidance_scale ignored: Lightning is distilled and runs without CFG")
         if params.negative_prompt:
             warnings.append("negative_prompt ignored: Lightning runs without CFG")
+        if params.cfg_norm_strength is not None:
+            warnings.append("cfg_norm_strength ignored: Lightning runs without CFG")
+    else:
+        guidance = params.guidance_scale if params.guidance_scale is not None else entry.default_guidance
+        for knob in ("negative_prompt", "cfg_norm_strength"):
+            if guidance <= 1 and getattr(params, knob) not in (None, ""):
+                warnings.append(f"{knob} ignored: {model} runs without CFG at guidance_scale {guidance:g}")
     if params.mode is not None and params.mode not in registry.modes:
         raise UnsupportedFeatureError(
             f"mode {params.mode!r} is not available (have: {', '.join(sorted(registry.modes)) or 'none'})",
             field="mode",
+        )
+    mode = registry.modes.get(params.mode) if params.mode else None
+    if mode is not None and mode.lora is not None and mode.lora not in entry.loras:
+        warnings.append(
+            f"mode {params.mode!r}: its LoRA {mode.lora!r} is not declared for {model}; "
+            "only its prompt applies"
         )
     _check_fused_lora(params, registry)
     needs_refiner = params.refine_strength > 0 or params.resolution in ("2k", "4k")
@@ -121,18 +151,28 @@ def check_params(params: EditParams, registry: Registry, *, masked: bool = False
     return warnings
 
 
+def lightning_steps_run(params: EditParams, registry: Registry) -> int | None:
+    """The Lightning steps a job runs; None = the full model (asked for, or the job's model has
+    no Lightning LoRA at all, e.g. Qwen-Image 2.1: fast mode then means the model's own steps)."""
+    if params.lightning_steps is None:
+        return None
+    _, entry = registry.edit_model(params.model)
+    if not any(lora.steps is not None and lora.scheduler is not None for lora in entry.loras.values()):
+        return None
+    return params.lightning_steps
+
+
 def _check_fused_lora(spec: EditParams, registry: Registry) -> None:
     """A model with a LoRA baked into fp8 weights serves exactly that LoRA (weights.yaml decides)."""
     model, entry = registry.edit_model(spec.model)
     fused = entry.performance.fuse_lora
     if fused is None:
         return
-    wanted = (
-        registry.lightning_lora(spec.lightning_steps, model) if spec.lightning_steps is not None else None
-    )
+    steps = lightning_steps_run(spec, registry)
+    wanted = registry.lightning_lora(steps, model) if steps is not None else None
     mode = registry.modes.get(spec.mode) if spec.mode else None
     if wanted != fused or (mode is not None and mode.lora is not None):
-        asked = f"{spec.lightning_steps} Lightning steps" if spec.lightning_steps else "the full model"
+        asked = f"{steps} Lightning steps" if steps else "the full model"
         raise UnsupportedFeatureError(
             f"this server runs only {fused} (fused into fp8 weights in weights.yaml); "
             f"the job asks for {asked}"

@@ -1,7 +1,8 @@
 """``retouch weights tiny DIR``: tiny random-weight versions of every model in the real layout.
 
 Every component is the real class (Qwen-Image transformer and VAE, Qwen2.5-VL encoder and
-processor, Z-Image transformer, AutoencoderKL, Qwen3), saved as a diffusers folder that loads
+processor, Qwen-Image 2.1's transformer and VAE with a Qwen3-VL, Z-Image transformer,
+AutoencoderKL, Qwen3), saved as a diffusers folder that loads
 offline exactly like the production weights. The Lightning LoRAs are written in the kohya
 format the real files use, so they go through diffusers' own key conversion on load.
 Deterministic: the same call writes the same tensors.
@@ -18,6 +19,7 @@ from safetensors.torch import save_file
 
 from ..registry import load_registry
 from ..weights_manifest import write_manifest
+from .qwen21 import build_qwen_image_21
 from .registry import (
     packaged_config,
     tiny_registry,
@@ -215,6 +217,7 @@ def build_tiny_weights(directory: str | Path) -> Path:
     tokenizer = train_tiny_qwen_tokenizer()
     _build_qwen_edit(out / "qwen-image-edit", tokenizer, zero_cond_t=True, seed=0)
     _build_qwen_edit(out / "qwen-image-edit-2509", tokenizer, zero_cond_t=False, seed=1)
+    build_qwen_image_21(out / "qwen-image-2.1", tokenizer)
     _build_z_image(out / "z-image-turbo", tokenizer)
     lora_dir = out / "qwen-image-lightning"
     lora_dir.mkdir(exist_ok=True)

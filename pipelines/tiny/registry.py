@@ -51,6 +51,7 @@ def _edit_entry(path: str, loras: str, hub_id: str) -> dict:
     return {
         "roles": ["edit", "edit_plus", "inpaint"],
         "pipeline": "qwen_image_edit_plus",
+        "max_input_images": 3,
         # random weights made by `retouch weights tiny`, under the licence of the models they mimic
         "license": {"id": "Apache-2.0"},
         "path": path,
@@ -84,6 +85,37 @@ def _edit_entry(path: str, loras: str, hub_id: str) -> dict:
     }
 
 
+# Qwen-Image 2.1 reads one condition area (for its Qwen3-VL and its VAE alike); at 16 pixels a
+# token, 128^2 is 64 tokens.
+TINY_QWEN21_CONDITION_PIXELS = 128 * 128
+
+
+def _qwen21_entry() -> dict:
+    return {
+        "roles": ["edit", "edit_plus", "inpaint"],
+        "pipeline": "qwen_image_21",
+        # the licence of the model it mimics, accepted for the demo (its weights are random)
+        "license": {
+            "name": "Qwen Research License",
+            "url": "https://huggingface.co/Qwen/Qwen-Image-2.1/blob/main/LICENSE",
+        },
+        "accept_license": True,
+        "path": "qwen-image-2.1",
+        "hub_id": "retouch/tiny-random-qwen-image-2.1",
+        "revision": "local",
+        "dtype": "float32",
+        "device": "cpu",
+        "default_steps": 4,
+        "default_guidance": 1.0,
+        "default_cfg_norm_strength": 0.0,
+        "vae_condition_pixels": TINY_QWEN21_CONDITION_PIXELS,
+        "native_pixels": 2048 * 2048,
+        "max_input_images": 10,
+        "max_pictures": 10,
+        "vae_tiling_above_pixels": 1024 * 1024,
+    }
+
+
 def tiny_registry() -> dict:
     lightning = packaged_config("qwen_image_lightning_scheduler.json")
     return {
@@ -98,6 +130,8 @@ def tiny_registry() -> dict:
             "qwen-image-edit-2509-tiny": _edit_entry(
                 "qwen-image-edit-2509", "lightning-2509", "retouch/tiny-random-qwen-image-edit-2509"
             ),
+            # Qwen-Image 2.1's layout (single-stream, Qwen3-VL, 64-channel VAE in the real one)
+            "qwen-image-2.1-tiny": _qwen21_entry(),
             "z-image-turbo-tiny": {
                 "roles": ["refiner"],
                 "pipeline": "z_image_img2img",
@@ -132,6 +166,8 @@ def tiny_registry() -> dict:
             "qwen-image-edit-2511-pe": {"model": "qwen-image-edit-tiny", "enhance_prompt": True},
             "qwen-image-edit-2509": {"model": "qwen-image-edit-2509-tiny"},
             "qwen-image-edit-2509-pe": {"model": "qwen-image-edit-2509-tiny", "enhance_prompt": True},
+            "qwen-image-2.1": {"model": "qwen-image-2.1-tiny"},
+            "qwen-image-2.1-pe": {"model": "qwen-image-2.1-tiny", "enhance_prompt": True},
         },
         "demo": True,
     }

@@ -81,6 +81,7 @@ def test_manifest_lists_every_file_and_verify_passes(weights):
         "qwen-image-edit-2509-tiny.loras.lightning-8",
         "qwen-image-edit-2509-tiny.loras.lightning-4",
         "qwen-image-edit-2509-tiny.loras.anime-style",
+        "qwen-image-2.1-tiny",
         "z-image-turbo-tiny",
     }
     edit = recorded["qwen-image-edit-tiny"]
@@ -256,6 +257,7 @@ def empty_tiny_registry(tiny_source, tmp_path, monkeypatch):
     repos = {
         "retouch/tiny-random-qwen-image-edit": tiny_source / "qwen-image-edit",
         "retouch/tiny-random-qwen-image-edit-2509": tiny_source / "qwen-image-edit-2509",
+        "retouch/tiny-random-qwen-image-2.1": tiny_source / "qwen-image-2.1",
         "retouch/tiny-random-z-image-turbo": tiny_source / "z-image-turbo",
         "retouch/tiny-random-lightning": lightning,
         "retouch/tiny-random-style": lightning,
@@ -312,6 +314,7 @@ def test_pull_maps_production_lora_paths_to_repo_filenames(tiny_source, tmp_path
         {
             "Qwen/Qwen-Image-Edit-2511": tiny_source / "qwen-image-edit",
             "Qwen/Qwen-Image-Edit-2509": tiny_source / "qwen-image-edit-2509",
+            "Qwen/Qwen-Image-2.1": tiny_source / "qwen-image-2.1",
             "Tongyi-MAI/Z-Image-Turbo": tiny_source / "z-image-turbo",
             "lightx2v/Qwen-Image-Lightning": lora_src,
         }

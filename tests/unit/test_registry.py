@@ -80,7 +80,7 @@ def test_errors_name_the_file_the_key_and_the_bad_value(tiny_weights, tmp_path):
         ),
         (lambda d: d["modes"]["anime"].update(lora="missing-lora"), "missing-lora"),
         (lambda d: d["modes"]["anime"].update(prompt_template="no placeholder"), "{prompt}"),
-        (lambda d: d["models"]["z-image-turbo-tiny"].update(roles=["edit_plus"]), "need the pipeline"),
+        (lambda d: d["models"]["z-image-turbo-tiny"].update(roles=["edit_plus"]), "needs the pipeline"),
         (lambda d: d.pop("default_model"), "name one as default_model"),
         (lambda d: d.update(default_model="z-image-turbo-tiny"), "is not an edit model"),
     ],

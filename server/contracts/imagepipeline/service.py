@@ -103,7 +103,7 @@ class ImagePipelineService(ContractService):
             has_product=bool(req.has_product),
             mode=req.mode,
             # unset: the engine's defaults
-            cfg_norm_strength=_or(req.cfg_norm_strength, EditParams.cfg_norm_strength),
+            cfg_norm_strength=req.cfg_norm_strength,
             mask_feather_px=_or(req.mask_feather_px, EditParams.mask_feather_px),
         )
         meta = JobMeta(

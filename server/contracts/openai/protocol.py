@@ -86,6 +86,8 @@ class ModelCard(BaseModel):
     model: str | None = None
     license: str | None = None
     max_input_images: int | None = None
+    # input and reference pictures together
+    max_pictures: int | None = None
     native_pixels: int | None = None
     prompt_enhancing: bool | None = None
 

@@ -107,8 +107,9 @@ class OpenAIService(ContractService):
             created=self._created(),
             model=public.model,
             license=entry.license.describe() if entry.license else None,
-            max_input_images=registry.limits.max_images_per_job,
-            native_pixels=entry.vae_condition_pixels,
+            max_input_images=registry.max_input_images(public.model),
+            max_pictures=registry.max_pictures(public.model),
+            native_pixels=entry.native_pixels or entry.vae_condition_pixels,
             prompt_enhancing=public.enhance_prompt,
         )
 
