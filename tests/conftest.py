@@ -47,6 +47,24 @@ def served(tmp_path_factory):
     srv.close()
 
 
+@pytest.fixture(scope="session")
+def tiny_serve(tiny_weights, tmp_path_factory):
+    """The one shared real ``retouch serve`` subprocess on the tiny weights (default settings: one
+    worker, any key accepted), for the contract modules that drive an official client over TCP.
+    ``data_dir`` is its data folder (results, previews, secrets, the SQLite store)."""
+    from tests.support.server_harness import ServeProcess, free_port
+
+    data = tmp_path_factory.mktemp("tiny-serve") / "data"
+    data.mkdir()
+    srv = ServeProcess(tiny_weights, data, free_port())
+    srv.data_dir = data
+    try:
+        srv.wait()
+        yield srv
+    finally:
+        srv.stop()
+
+
 def make_photo(width: int = 96, height: int = 64, seed: int = 0) -> Image.Image:
     """A picture with gradients and shapes, so edits and composites have something to change."""
     rng = np.random.default_rng(seed)

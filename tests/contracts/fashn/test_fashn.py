@@ -23,12 +23,10 @@ from server.auth import KeysFile
 from tests.support.server_harness import (
     WEIGHTS_YAML,
     AsgiServer,
-    ServeProcess,
     WebhookReceiver,
     make_settings,
     png_bytes,
 )
-from tests.support.server_harness import free_port as _free_port
 
 KEY = "fashn-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -302,19 +300,8 @@ def test_fashn_webhook_posts_the_status_body(server):
 
 
 @pytest.fixture(scope="module")
-def serve(tiny_weights, tmp_path_factory):
-    data = tmp_path_factory.mktemp("fashn-e2e") / "data"
-    data.mkdir()
-    srv = ServeProcess(tiny_weights, data, _free_port())
-    srv.data_dir = data
-    srv.wait()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def client(serve):
-    return Fashn(api_key="studio-key", base_url=serve.base_url)
+def client(tiny_serve):
+    return Fashn(api_key="studio-key", base_url=tiny_serve.base_url)
 
 
 def _e2e_inputs(**extra) -> dict:
@@ -344,7 +331,7 @@ def test_fashn_e2e_run_then_status_url_output(client):
     assert Image.open(io.BytesIO(picture.content)).size == (96, 64)
 
 
-def test_fashn_e2e_subscribe_return_base64(client, serve):
+def test_fashn_e2e_subscribe_return_base64(client, tiny_serve):
     updates = []
     result = client.predictions.subscribe(
         model_name="edit",
@@ -359,9 +346,11 @@ def test_fashn_e2e_subscribe_return_base64(client, serve):
     picture = base64.b64decode(output.split(",", 1)[1])
     assert Image.open(io.BytesIO(picture)).format == "JPEG" and is_ai_marked(picture)
     assert updates[-1] == "completed"
-    time.sleep(0.5)  # the delete runs right after the response was sent
-    assert not list((serve.data_dir / "results" / result.id).glob("*"))
-    assert not (serve.data_dir / "inputs" / result.id).exists()
+    results, inputs = (tiny_serve.data_dir / folder / result.id for folder in ("results", "inputs"))
+    deadline = time.monotonic() + 10
+    while list(results.glob("*")) or inputs.exists():  # deleted right after the response was sent
+        assert time.monotonic() < deadline, "result or input kept on disk after delivery"
+        time.sleep(0.05)
 
 
 def test_fashn_e2e_unknown_model_reaches_the_client(client):

@@ -22,19 +22,8 @@ EDIT = "edit/image/v1"
 
 
 @pytest.fixture(scope="module")
-def serve(tiny_weights, tmp_path_factory):
-    data = tmp_path_factory.mktemp("e2e") / "data"
-    data.mkdir()
-    srv = ServeProcess(tiny_weights, data, _free_port())
-    srv.data_dir = data
-    srv.wait()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def client(serve):
-    return ImagePipeline("any-key", base_url=serve.base_url)
+def client(tiny_serve):
+    return ImagePipeline("any-key", base_url=tiny_serve.base_url)
 
 
 def _download(url: str) -> Image.Image:
@@ -106,7 +95,7 @@ def test_server_e2e_profiles(client):
     assert err.value.status_code == 404 and err.value.error_code == "NOT_FOUND"
 
 
-def test_server_e2e_webhook(client, serve):
+def test_server_e2e_webhook(client, tiny_serve):
     receiver = WebhookReceiver()
     got, done = receiver.got, receiver.done
     try:
@@ -115,7 +104,7 @@ def test_server_e2e_webhook(client, serve):
         queued = client.edit.image(prompt="hook me", input_image=up.url, callback_url=hook, wait=False)
         assert done.wait(120), "no webhook"
         headers, body = got[0]
-        secret = (serve.data_dir / "webhook_secret").read_text().strip()
+        secret = (tiny_serve.data_dir / "webhook_secret").read_text().strip()
         payload = Webhook(secret).verify(body, headers)
         assert (
             payload["job_id"] == queued.job_id and payload["status"] == "completed" and payload["result_url"]

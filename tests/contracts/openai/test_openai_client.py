@@ -20,36 +20,24 @@ from tests.support.openai_helpers import (
     decode_b64,
     rgba_mask,
 )
-from tests.support.server_harness import ServeProcess, png_bytes
-from tests.support.server_harness import free_port as _free_port
+from tests.support.server_harness import png_bytes
 
 
 # --------------------------------------------------------------------------------------------
 # A real `retouch serve` on tiny weights, driven by the official openai client and by httpx
 # --------------------------------------------------------------------------------------------
+# The server is the shared `tiny_serve` (tests/conftest.py): the demo set as `retouch weights tiny`
+# writes it, whose production limits IG1's 1280x720 fits.
 @pytest.fixture(scope="module")
-def serve(tiny_weights, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("openai-e2e")
-    # The demo set as `retouch weights tiny` writes it: IG1's 1280x720 fits its production limits.
-    data = tmp / "data"
-    data.mkdir()
-    srv = ServeProcess(tiny_weights, data, _free_port())
-    srv.data_dir = data
-    srv.wait()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def client(serve):
-    return OpenAI(api_key=KEY, base_url=serve.base_url + "/v1", max_retries=0, timeout=180)
+def client(tiny_serve):
+    return OpenAI(api_key=KEY, base_url=tiny_serve.base_url + "/v1", max_retries=0, timeout=180)
 
 
 def _file(name: str, data: bytes):
     return (name, data, "image/png")
 
 
-def test_openai_client_edit_one_image(client, serve):
+def test_openai_client_edit_one_image(client, tiny_serve):
     raw = client.images.with_raw_response.edit(
         model="qwen-image-edit",
         image=_file("photo.png", png_bytes(96, 64)),
@@ -66,10 +54,10 @@ def test_openai_client_edit_one_image(client, serve):
     assert picture.format == "PNG" and picture.size == (64, 48)
     # Pictures sent inline are not kept on the server.
     job_id = raw.headers["x-retouch-job-id"]
-    assert not (serve.data_dir / "results" / job_id).exists()
+    assert not (tiny_serve.data_dir / "results" / job_id).exists()
 
 
-def test_openai_client_edit_several_images_as_urls(client, serve):
+def test_openai_client_edit_several_images_as_urls(client, tiny_serve):
     resp = client.images.edit(
         image=[
             _file("person.png", png_bytes(96, 64)),
@@ -80,7 +68,7 @@ def test_openai_client_edit_several_images_as_urls(client, serve):
         output_format="webp",
     )
     url = resp.data[0].url
-    assert url.startswith(serve.base_url + "/files/results/") and resp.data[0].b64_json is None
+    assert url.startswith(tiny_serve.base_url + "/files/results/") and resp.data[0].b64_json is None
     got = httpx.get(url, timeout=30)
     assert got.status_code == 200 and got.headers["content-type"] == "image/webp"
     assert Image.open(io.BytesIO(got.content)).size == (96, 64)  # size auto = the first image's
@@ -117,7 +105,7 @@ def test_openai_client_n2_and_prompt_enhancement(client):
     assert resp.usage.output_tokens == 2 * 4 * 3
 
 
-def test_openai_client_streams_partial_images(client, serve):
+def test_openai_client_streams_partial_images(client, tiny_serve):
     stream = client.images.edit(
         image=_file("photo.png", png_bytes(96, 64)),
         prompt="make the red square blue",
@@ -133,7 +121,7 @@ def test_openai_client_streams_partial_images(client, serve):
         assert e.size == "48x32" and decode_b64(e.b64_json).size == (48, 32)
     assert done.size == "96x64" and decode_b64(done.b64_json).size == (96, 64)
     assert done.output_format == "png" and done.usage.output_tokens == 6 * 4
-    assert not any((serve.data_dir / "previews").glob("*"))  # preview files go once streamed
+    assert not any((tiny_serve.data_dir / "previews").glob("*"))  # preview files go once streamed
 
 
 def test_openai_client_errors_raise_the_clients_exceptions(client):
@@ -157,7 +145,7 @@ def test_openai_client_errors_raise_the_clients_exceptions(client):
     ]
 
 
-def test_openai_client_chooses_the_model_per_request(client, serve):
+def test_openai_client_chooses_the_model_per_request(client, tiny_serve):
     """Each model by name: the one this pod loads runs (the record names it); one no live pod
     loads is a clear 400 naming what is loaded, and /v1/models says what each name is."""
     card = client.models.retrieve("qwen-image-edit-2509")
@@ -170,7 +158,7 @@ def test_openai_client_chooses_the_model_per_request(client, serve):
     job_id = raw.headers["x-retouch-job-id"]
     from server.store import SQLiteStore
 
-    record = SQLiteStore(serve.data_dir / "retouch.sqlite3").get_job(job_id)
+    record = SQLiteStore(tiny_serve.data_dir / "retouch.sqlite3").get_job(job_id)
     assert record.job.params.model == "qwen-image-edit-tiny" and record.meta.model == "qwen-image-edit-tiny"
     with pytest.raises(openai.BadRequestError) as info:
         client.images.edit(model="qwen-image-edit-2509", image=_file("p.png", png_bytes()), prompt="x")
@@ -178,7 +166,7 @@ def test_openai_client_chooses_the_model_per_request(client, serve):
     assert "loaded: qwen-image-edit-tiny" in info.value.message
 
 
-def test_ig1_json_example_from_the_seed(serve):
+def test_ig1_json_example_from_the_seed(tiny_serve):
     """IG1's documented request, byte for byte except the picture and the key."""
     iguana = encode(make_photo(256, 144), "PNG")
     body = (
@@ -188,7 +176,7 @@ def test_ig1_json_example_from_the_seed(serve):
         ' "quality": "low", "size": "1280x720", "output_format": "png"}'
     )
     r = httpx.post(
-        serve.base_url + "/v1/images/edits",
+        tiny_serve.base_url + "/v1/images/edits",
         headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
         content=body,
         timeout=180,
