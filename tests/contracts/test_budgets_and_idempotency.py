@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -17,6 +18,26 @@ from tests.support.redis_server import delete_prefix, redis_url, unique_prefix  
 from tests.support.server_harness import AsgiServer, make_settings, png_bytes
 
 
+def _redis_of_this_test(request) -> tuple[str, str]:
+    """The test Redis and a key prefix of this test's own, deleted when the test ends."""
+    prefix = unique_prefix()
+    url = request.getfixturevalue("redis_url")
+    request.addfinalizer(lambda: delete_prefix(url, prefix))
+    return url, prefix
+
+
+@contextmanager
+def _serving(settings, *, ready: bool = True):
+    """An in-process server on ``settings`` (ready: a worker is up), closed however the block ends."""
+    srv = AsgiServer(settings)
+    try:
+        if ready:
+            srv.wait_ready()
+        yield srv
+    finally:
+        srv.close()
+
+
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request, tmp_path):
     if request.param == "sqlite":
@@ -24,12 +45,10 @@ def store(request, tmp_path):
         return
     from server.store.redis_store import RedisStore
 
-    prefix = unique_prefix()
-    url = request.getfixturevalue("redis_url")
+    url, prefix = _redis_of_this_test(request)
     made = RedisStore(url, prefix=prefix, default_job_seconds=10)
     yield made
     made.close()
-    delete_prefix(url, prefix)
 
 
 def _add(store, job_id, *, budget=10.0, reserve=3.0, owner="o"):
@@ -109,9 +128,7 @@ def test_budget_a_rerun_after_a_dead_worker_is_charged_once(store):
 def test_budget_balance_is_not_repriced_by_a_later_price(tmp_path):
     price_then = make_settings(tmp_path, workers=1, api_keys="k", key_budgets_usd={"k": 100.0})
     price_then = price_then.model_copy(update={"price_per_gpu_hour_usd": 36.0, "default_job_seconds": 1.0})
-    srv = AsgiServer(price_then)
-    try:
-        srv.wait_ready()
+    with _serving(price_then) as srv:
         job = srv.post(
             "/edit/image/v1", json={"prompt": "x", "input_image": data_url(png_bytes())}, headers=AUTH_K
         ).json()["job_id"]
@@ -119,11 +136,8 @@ def test_budget_balance_is_not_repriced_by_a_later_price(tmp_path):
         assert done["cost_usd"] == pytest.approx(done["inference_time_seconds"] * 0.01, rel=0.05, abs=1e-5)
         before = done["balance_remaining_usd"]
         assert before == pytest.approx(100.0 - done["cost_usd"], abs=1e-6)
-    finally:
-        srv.close()
     # The operator raises the price tenfold and restarts: history keeps the price it was charged at.
-    srv = AsgiServer(price_then.model_copy(update={"price_per_gpu_hour_usd": 360.0}))
-    try:
+    with _serving(price_then.model_copy(update={"price_per_gpu_hour_usd": 360.0}), ready=False) as srv:
         again = srv.get(f"/edit/image/v1/status/{job}", headers=AUTH_K).json()
         assert again["cost_usd"] == done["cost_usd"] and again["balance_remaining_usd"] == before
         record(
@@ -132,8 +146,6 @@ def test_budget_balance_is_not_repriced_by_a_later_price(tmp_path):
              "job_seconds": done["inference_time_seconds"], "cost_usd": done["cost_usd"],
              "balance_then_usd": before, "balance_after_price_change_usd": again["balance_remaining_usd"]},
         )  # fmt: skip
-    finally:
-        srv.close()
 
 
 AUTH_K = {"X-API-Key": "k"}
@@ -156,23 +168,25 @@ def _wait_done(
 KEYS = {"imagepipeline": "k-ip", "fashn": "k-fashn", "depicta": "k-depicta", "openai": "k-openai"}
 
 
-@pytest.fixture(scope="module")
-def priced(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("priced")
+def _one_dollar_keys(tmp, **overrides):
+    """Settings of a server where each contract's key has a 1 USD budget at 1 USD per GPU second."""
     weights = tmp / "weights.yaml"
     weights.write_text(OPENAI_WEIGHTS_YAML)
-    settings = make_settings(
+    return make_settings(
         tmp,
         weights=str(weights),
         api_keys=",".join(KEYS.values()),
         key_budgets_usd=dict.fromkeys(KEYS.values(), 1.0),
         price_per_gpu_hour_usd=3600.0,
         default_job_seconds=1.0,
+        **overrides,
     )
-    srv = AsgiServer(settings)
-    srv.wait_ready()
-    yield srv
-    srv.close()
+
+
+@pytest.fixture(scope="module")
+def priced(tmp_path_factory):
+    with _serving(_one_dollar_keys(tmp_path_factory.mktemp("priced"))) as srv:
+        yield srv
 
 
 UPLOADS: dict[object, str] = {}  # the Depicta upload of each test server
@@ -253,21 +267,8 @@ def test_budget_an_idempotent_replay_is_not_charged_twice_on_any_contract(priced
 @pytest.fixture(scope="module")
 def idle(tmp_path_factory):
     """No workers: a queued job keeps its reservation, here the whole 1 USD budget."""
-    tmp = tmp_path_factory.mktemp("idle")
-    weights = tmp / "weights.yaml"
-    weights.write_text(OPENAI_WEIGHTS_YAML)
-    settings = make_settings(
-        tmp,
-        workers=0,
-        weights=str(weights),
-        api_keys=",".join(KEYS.values()),
-        key_budgets_usd=dict.fromkeys(KEYS.values(), 1.0),
-        price_per_gpu_hour_usd=3600.0,
-        default_job_seconds=1.0,
-    )
-    srv = AsgiServer(settings)
-    yield srv
-    srv.close()
+    with _serving(_one_dollar_keys(tmp_path_factory.mktemp("idle"), workers=0), ready=False) as srv:
+        yield srv
 
 
 def _in_background(fn, *args) -> tuple[threading.Thread, dict]:
@@ -314,16 +315,13 @@ def test_budget_concurrent_http_submissions_from_one_key(request, tmp_path, back
     # 12 clients of one 10 USD key submit at once; each job reserves 3 USD (30 s at 360 USD/h).
     extra = {}
     if backend == "redis":
-        prefix = unique_prefix()
-        url = request.getfixturevalue("redis_url")
-        request.addfinalizer(lambda: delete_prefix(url, prefix))
+        url, prefix = _redis_of_this_test(request)
         extra = {"redis_url": url, "redis_prefix": prefix}
     settings = make_settings(
         tmp_path, workers=0, api_keys="k", key_budgets_usd={"k": 10.0}, price_per_gpu_hour_usd=360.0,
         default_job_seconds=30.0, **extra,
     )  # fmt: skip
-    srv = AsgiServer(settings)
-    try:
+    with _serving(settings, ready=False) as srv:
         body = {"prompt": "x", "input_image": data_url(png_bytes())}
         barrier = threading.Barrier(12)
         codes: list[int] = []
@@ -346,5 +344,3 @@ def test_budget_concurrent_http_submissions_from_one_key(request, tmp_path, back
             {"clients": 12, "budget_usd": 10.0, "reserve_usd_each": 3.0, "admitted": codes.count(200),
              "refused_402": codes.count(402), "left_usd": left, "overspent_usd": max(0.0, -left)},
         )  # fmt: skip
-    finally:
-        srv.close()
