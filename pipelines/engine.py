@@ -12,18 +12,16 @@ from PIL import Image
 from . import acceleration, postprocess
 from . import images as imageio
 from .enhance import enhance_prompt
-from .errors import EngineError, GPUOutOfMemoryError, InvalidInputError, UnsupportedFeatureError
-from .loader import load_edit_model, load_refiner
+from .errors import EngineError, GPUOutOfMemoryError, InvalidInputError
+from .loader import load_refiner
+from .model_swap import ResidentEditModels
 from .prompting import build_prompt
-from .refine import refine, tile_vae_above
+from .refine import refine, refine_strength_for, tile_vae_above
 from .registry import Registry, require_files
 from .sizing import job_sizes
 from .spec import EditResult, EditSpec, OutputImage, PreviewCallback, ProgressCallback
 from .validation import MAX_SEED, check_spec, lightning_steps_run
 
-# Refining pictures with text or a product in them blurs lettering and fine print first.
-MAX_REFINE_WITH_TEXT = 0.15
-MAX_REFINE_WITH_PRODUCT = 0.2
 DEFAULT_NEGATIVE_PROMPT = " "
 MAX_PARTIAL_IMAGES = 3
 
@@ -50,7 +48,8 @@ class EditEngine:
     def __init__(self, registry: Registry, device: str | None = None):
         require_files(registry)
         self.registry = registry
-        self.edit = load_edit_model(registry, device)
+        self.models = ResidentEditModels(registry, device)
+        self.edit = self.models.get(self.models.names[0])[0]  # the model of the job running now
         self.refiner = load_refiner(registry, device)
         self.versions = _versions()
         self.warmed_up = acceleration.warm_up(self)
@@ -79,10 +78,7 @@ class EditEngine:
     ) -> EditResult:
         # 1. Check the job against the registry and decode every picture safely
         warnings = check_spec(spec, self.registry)
-        if spec.model not in (None, self.edit.name):
-            raise UnsupportedFeatureError(
-                f"this engine holds {self.edit.name}, the job asks for {spec.model}", field="model"
-            )
+        self.edit, swap = self.models.get(self.registry.edit_model(spec.model)[0])
         if not 0 <= spec.partial_images <= MAX_PARTIAL_IMAGES:
             raise InvalidInputError(
                 f"partial_images must be within 0..{MAX_PARTIAL_IMAGES}, got {spec.partial_images}",
@@ -130,7 +126,7 @@ class EditEngine:
             has_product=spec.has_product,
         )
         edit_size, final_size, upscaled = self._sizes(spec, original.size, mask is not None)
-        refine_strength = self._refine_strength(spec, upscaled, warnings)
+        refine_strength = refine_strength_for(spec, upscaled, self.registry, warnings)
         self._activate(plan)
 
         # 3. Edit (and refine) once per requested picture, each with its own seed
@@ -138,6 +134,8 @@ class EditEngine:
         timings = {"encode": 0.0, "denoise": 0.0, "refine": 0.0, "decode": 0.0, "postprocess": 0.0}
         if spec.enhance_prompt:
             timings["enhance"] = enhance_seconds
+        if swap is not None:
+            timings["swap"] = swap["seconds"]
         at_steps = preview_steps(plan["steps"], spec.partial_images) if on_preview is not None else []
         outputs: list[OutputImage] = []
         tile_vae_above(
@@ -191,6 +189,7 @@ class EditEngine:
         timings["total"] = time.perf_counter() - started
         record = self._record(plan, base_seed, edit_size, final_size, refine_strength, spec)
         record["revised_prompt"] = revised_prompt
+        record["swap"] = swap
         return EditResult(
             images=outputs,
             seed=base_seed,
@@ -206,7 +205,7 @@ class EditEngine:
         adapters: list[tuple[str, float]] = []
         lightning = lightning_steps_run(spec, self.registry)
         if lightning is not None:
-            name = self.registry.lightning_lora(lightning)
+            name = self.registry.lightning_lora(lightning, self.edit.name)
             lora = entry.loras[name]
             adapters.append((name, lora.weight))
             steps, guidance = lora.steps, lora.guidance if lora.guidance is not None else 1.0
@@ -257,21 +256,6 @@ class EditEngine:
             resolution=spec.resolution, masked=masked, limits=self.registry.limits,
             resolutions=self.registry.resolutions, multiple=self.multiple,
         )  # fmt: skip
-
-    def _refine_strength(self, spec: EditSpec, upscaled: bool, warnings: list[str]) -> float:
-        strength = spec.refine_strength
-        if upscaled:
-            strength = max(strength, self.registry.resolutions.upscale_refine_strength)
-        for flag, cap, what in (
-            (spec.has_text, MAX_REFINE_WITH_TEXT, "has_text"),
-            (spec.has_product, MAX_REFINE_WITH_PRODUCT, "has_product"),
-        ):
-            if flag and strength > cap:
-                warnings.append(
-                    f"refine_strength lowered from {strength:g} to {cap:g} to protect detail ({what})"
-                )
-                strength = cap
-        return strength
 
     def _record(self, plan, seed, edit_size, final_size, refine_strength, spec) -> dict:
         scheduler = self.edit.schedulers[plan["scheduler"]]

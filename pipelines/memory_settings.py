@@ -38,6 +38,9 @@ class MemorySettings(BaseModel):
     gpu_memory_gib: float | None = Field(default=None, gt=0, le=4096)
     # host RAM to plan with; null = this machine's
     host_memory_gib: float | None = Field(default=None, gt=0, le=65536)
+    # with swap: true, the edit models a worker keeps loaded at once (least recently used out; on a
+    # GPU also no more than leave room for the next one's planned weights)
+    resident_edit_models: int = Field(default=1, ge=1, le=8)
     # "<model>.<component>" -> placement, applied on top of whichever plan is chosen
     overrides: dict[str, Placement] = Field(default_factory=dict)
 

@@ -10,6 +10,27 @@ from . import acceleration
 from .errors import NonFiniteOutputError
 from .loader import LoadedRefiner
 
+# Refining pictures with text or a product in them blurs lettering and fine print first.
+MAX_REFINE_WITH_TEXT = 0.15
+MAX_REFINE_WITH_PRODUCT = 0.2
+
+
+def refine_strength_for(spec, upscaled: bool, registry, warnings: list[str]) -> float:
+    """The strength a job is refined at: its own, at least the upscale's, capped to protect detail."""
+    strength = spec.refine_strength
+    if upscaled:
+        strength = max(strength, registry.resolutions.upscale_refine_strength)
+    for flag, cap, what in (
+        (spec.has_text, MAX_REFINE_WITH_TEXT, "has_text"),
+        (spec.has_product, MAX_REFINE_WITH_PRODUCT, "has_product"),
+    ):
+        if flag and strength > cap:
+            warnings.append(
+                f"refine_strength lowered from {strength:g} to {cap:g} to protect detail ({what})"
+            )
+            strength = cap
+    return strength
+
 
 def refine(
     refiner: LoadedRefiner, picture: Image.Image, prompt: str, strength: float, seed: int, progress

@@ -6,6 +6,7 @@ declared here. Relative paths resolve against ``root`` (itself relative to the Y
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
 
@@ -56,6 +57,9 @@ class Registry(Strict):
     # the edit model a job runs on when it names none, and the one a pod loads unless told another
     default_model: str | None = None
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    # a worker loads the edit model a job asks for when it has not (least recently used out;
+    # memory.resident_edit_models at once); false: one edit model per pod, jobs route to its pod
+    swap: bool = False
     # Random-weight demo models (`retouch weights tiny`): pictures are noise. Shown on /readyz,
     # in the log and in the playground so nobody mistakes the demo for the product.
     demo: bool = False
@@ -172,23 +176,40 @@ class Registry(Strict):
                 return lora_name
         return None
 
-    def unaccepted_licenses(self) -> list[str]:
-        """One line per model whose licence is not a permissive open one and was not accepted."""
-        refused = []
-        for name, model in self.models.items():
-            if model.accept_license or (model.license is not None and model.license.permissive):
-                continue
-            what = model.license.describe() if model.license else "no licence stated"
-            refused.append(
-                f"models.{name}: {what} is not a permissive open licence; read it and set "
-                f"models.{name}.accept_license: true to serve this model"
-            )
-        return refused
+    def pod_models(self) -> list[str]:
+        """The models a pod serving this registry loads: the default edit model (``holding`` makes
+        another the default) and the refiner; with ``swap``, every edit model whose licence is
+        accepted. Only their files must be on disk and only their licences accepted: the other
+        declared models are other pods' to serve."""
+        names = [self.edit_model(None)[0]] if self.edit_models() else []
+        if self.swap:
+            names += [n for n, _ in self.edit_models() if n not in names and not self.license_refusal(n)]
+        refiner = self.model_for("refiner")
+        return names + ([refiner[0]] if refiner else [])
 
-    def missing_files(self) -> list[str]:
-        """Human-readable list of declared files/folders that are not on disk."""
+    def license_refusal(self, name: str) -> str | None:
+        """Why the model ``name`` may not be served (its licence not accepted), or None."""
+        model = self.models[name]
+        if model.accept_license or (model.license is not None and model.license.permissive):
+            return None
+        what = model.license.describe() if model.license else "no licence stated"
+        return (
+            f"models.{name}: {what} is not a permissive open licence; read it and set "
+            f"models.{name}.accept_license: true to serve this model"
+        )
+
+    def unaccepted_licenses(self, names: Collection[str] | None = None) -> list[str]:
+        """One line per model (of ``names``, default all) whose licence is not a permissive open
+        one and was not accepted."""
+        return [r for n in (self.models if names is None else names) if (r := self.license_refusal(n))]
+
+    def missing_files(self, names: Collection[str] | None = None) -> list[str]:
+        """Human-readable list of the declared files/folders (of ``names``, default every model)
+        that are not on disk."""
         missing: list[str] = []
         for name, model in self.models.items():
+            if names is not None and name not in names:
+                continue
             folder = self.resolve(model.path)
             if not folder.is_dir():
                 missing.append(f"{name}: folder {folder} does not exist")
@@ -230,7 +251,8 @@ def load_registry(path: str | Path) -> Registry:
 
 
 def require_files(registry: Registry) -> None:
-    missing = registry.missing_files()
+    """Every file this registry's pod loads (``Registry.pod_models``) is on disk."""
+    missing = registry.missing_files(registry.pod_models())
     if missing:
         raise RegistryError(
             f"weights declared in {registry.source} are not on disk:\n  "

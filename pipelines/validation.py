@@ -103,6 +103,9 @@ def check_params(params: EditParams, registry: Registry, *, masked: bool = False
         model, entry = registry.edit_model(params.model)
     except RegistryError as exc:
         raise InvalidInputError(f"model {exc.message}", field="model") from None
+    refusal = registry.license_refusal(model)
+    if refusal is not None:
+        raise UnsupportedFeatureError(f"{model} is not served: {refusal}", field="model")
     lightning = lightning_steps_run(params, registry)
     if params.lightning_steps is not None and lightning is None:
         steps = params.num_inference_steps or entry.default_steps

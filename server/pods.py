@@ -54,11 +54,10 @@ def detect_gpus() -> list[dict]:
 
 
 def held_models(registry, edit_model: str | None = None) -> list[str]:
-    """The models a worker of this pod loads: its one edit model (``edit_model``, else the default)
-    and the refiner; the jobs of the other edit models are other pods' (or refused)."""
-    held = {registry.edit_model(edit_model)[0]}
-    refiner = registry.model_for("refiner")
-    return sorted(held | ({refiner[0]} if refiner else set()))
+    """The models a worker of this pod serves: its edit model (``edit_model``, else the default)
+    and the refiner, or with ``swap`` every edit model it may load; the jobs of the other edit
+    models are other pods' (or refused)."""
+    return sorted(registry.holding(edit_model).pod_models())
 
 
 class PodAgent:

@@ -47,9 +47,6 @@ def serve_command(flags: dict, demo_if_missing: str | None = None) -> None:
     try:
         # Fail here, with the list of missing paths, rather than in every worker later.
         registry = load_registry(settings.weights)
-        refused = registry.unaccepted_licenses()  # before any file is looked at: it is the declaration
-        if refused:
-            raise RegistryError(f"{registry.source}: licences not accepted:\n  " + "\n  ".join(refused))
         # An API pod validates jobs against weights.yaml but loads no weights; a custom engine
         # factory (benchmarks' full-size random models, test fakes) brings its own.
         loads_files = (
@@ -58,8 +55,15 @@ def serve_command(flags: dict, demo_if_missing: str | None = None) -> None:
         )
         if loads_files and demo_if_missing and none_on_disk(registry):
             settings, registry = _demo_instead(settings, registry, demo_if_missing)
+        if settings.role != "api":
+            # what this pod loads: its edit model's and the refiner's licences must be accepted
+            # (a declared model no pod loads is refused per job, naming its licence)
+            pod = registry.holding(settings.edit_model)
+            refused = pod.unaccepted_licenses(pod.pod_models())
+            if refused:
+                raise RegistryError(f"{registry.source}: licences not accepted:\n  " + "\n  ".join(refused))
         if loads_files:
-            require_files(registry)
+            require_files(registry.holding(settings.edit_model))
     except RegistryError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from None

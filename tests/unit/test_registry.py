@@ -42,8 +42,12 @@ def test_missing_weights_are_named_with_how_to_get_them():
     with pytest.raises(RegistryError) as err:
         require_files(reg)
     text = str(err.value)
-    assert "Qwen-Image-Edit-2509" in text and "does not exist" in text
+    assert "Qwen-Image-Edit-2511" in text and "Z-Image-Turbo" in text and "does not exist" in text
     assert "retouch weights tiny" in text
+    # only what a pod loads: the default edit model and the refiner, not every declared model
+    assert "Qwen-Image-Edit-2509" not in text and "Qwen-Image-2.1" not in text
+    with pytest.raises(RegistryError, match="Qwen-Image-Edit-2509"):
+        require_files(reg.holding("qwen-image-edit-2509"))
 
 
 def test_incomplete_model_folder_names_the_missing_part(tiny_weights, tmp_path):

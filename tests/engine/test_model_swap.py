@@ -1,0 +1,63 @@
+"""One engine serving several edit models (weights.yaml ``swap: true``): a job for a model that is
+not loaded loads it, least recently used out, and the job reports the swap it took."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines import EditSpec, UnsupportedFeatureError
+from tests.conftest import encode, make_photo
+
+NEWEST, OLDER, QWEN21 = "qwen-image-edit-tiny", "qwen-image-edit-2509-tiny", "qwen-image-2.1-tiny"
+
+
+def job(model: str | None) -> EditSpec:
+    return EditSpec(
+        prompt="make it warmer", images=[encode(make_photo())], model=model, seed=5,
+        lightning_steps=None, num_inference_steps=2, output_format="png",
+    )  # fmt: skip
+
+
+def swapping(registry, resident: int):
+    memory = registry.memory.model_copy(update={"resident_edit_models": resident})
+    return registry.model_copy(update={"swap": True, "memory": memory})
+
+
+@pytest.fixture(scope="module")
+def swap_engine(registry):
+    from pipelines import EditEngine
+
+    return EditEngine(swapping(registry, resident=2))
+
+
+def test_jobs_swap_models_least_recently_used_out_and_report_it(swap_engine, engine):
+    assert swap_engine.models.names == [NEWEST]  # the default, loaded at start
+    first = swap_engine.run(job(None))
+    assert first.record["swap"] is None and "swap" not in first.timings
+    steps = []
+    for model in (OLDER, QWEN21, OLDER, NEWEST):
+        result = swap_engine.run(job(model))
+        assert result.record["model"] == model
+        steps.append(result.record["swap"])
+    assert steps[0]["loaded"] == OLDER and steps[0]["unloaded"] == []  # room for two
+    assert steps[1] == {"loaded": QWEN21, "unloaded": [NEWEST], "seconds": steps[1]["seconds"]}
+    assert steps[2] is None  # still loaded: nothing to swap
+    assert steps[3]["unloaded"] == [QWEN21]  # 2509 ran more recently than 2.1
+    assert steps[3]["seconds"] > 0
+    assert swap_engine.models.names == [OLDER, NEWEST]
+    # a model swapped back in paints what an engine that never swapped paints
+    assert swap_engine.run(job(NEWEST)).images[0].data == engine.run(job(NEWEST)).images[0].data
+
+
+def test_a_swap_is_timed_on_the_job(swap_engine):
+    swap_engine.run(job(QWEN21))  # make sure the next job swaps
+    result = swap_engine.run(job(OLDER if OLDER not in swap_engine.models.names else NEWEST))
+    assert result.timings["swap"] == result.record["swap"]["seconds"] > 0
+    assert result.timings["total"] >= result.timings["swap"]
+
+
+def test_without_swap_a_job_for_another_model_is_refused_naming_the_setting(engine):
+    with pytest.raises(UnsupportedFeatureError) as err:
+        engine.run(job(OLDER))
+    assert err.value.field == "model" and "swap: true" in err.value.message
+    assert engine.models.names == [NEWEST]
