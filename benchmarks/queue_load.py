@@ -71,7 +71,8 @@ class PodProcess:
         self.data_dir.mkdir(parents=True)
         self.log_path = self.data_dir / "serve.log"
         cmd = [sys.executable, "-m", "server.cli", "serve", "--role", role, "--server-id", server_id]
-        cmd += ["--weights", str(cluster.weights), "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        weights = (env or {}).get("RETOUCH_WEIGHTS", str(cluster.weights))  # a pod's own registry
+        cmd += ["--weights", weights, "--port", str(self.port), "--data-dir", str(self.data_dir)]
         cmd += ["--workers", str(workers)]
         with self.log_path.open("w") as log:
             self.proc = subprocess.Popen(

@@ -79,6 +79,9 @@ class EditEngine:
         # 1. Check the job against the registry and decode every picture safely
         warnings = check_spec(spec, self.registry)
         self.edit, swap = self.models.get(self.registry.edit_model(spec.model)[0])
+        if swap is not None:
+            out = f", unloading {', '.join(swap['unloaded'])}" if swap["unloaded"] else ""
+            warnings.append(f"{swap['loaded']} was loaded for this job in {swap['seconds']:g} s{out}")
         if not 0 <= spec.partial_images <= MAX_PARTIAL_IMAGES:
             raise InvalidInputError(
                 f"partial_images must be within 0..{MAX_PARTIAL_IMAGES}, got {spec.partial_images}",

@@ -1,4 +1,4 @@
-"""Prompt enhancement (``qwen-image-edit-pe``) with the edit model's own Qwen2.5-VL encoder.
+"""Prompt enhancement (the ``-pe`` models) with the edit model's own vision-language encoder.
 
 Qwen-Image-Edit conditions on the hidden states of a complete Qwen2.5-VL (a vision-language model
 that keeps its LM head), so the weights already loaded for encoding can also *write*: shown the
@@ -71,10 +71,12 @@ def enhance_prompt(
     vl_condition_pixels: int,
     max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> EnhancedPrompt:
-    """Rewrite ``prompt`` for ``images`` with ``pipe``'s text encoder (a QwenImageEditPlus pipeline)."""
+    """Rewrite ``prompt`` for ``images`` with ``pipe``'s text encoder: the Qwen2.5-VL of a
+    Qwen-Image-Edit pipeline, or the Qwen3-VL of Qwen-Image 2.1 (whose tokenizer is its processor's)."""
     from transformers import GenerationConfig
 
-    model, processor, tokenizer = pipe.text_encoder, pipe.processor, pipe.tokenizer
+    model, processor = pipe.text_encoder, pipe.processor
+    tokenizer = getattr(pipe, "tokenizer", None) or processor.tokenizer
     # The same small view of each picture the pipeline's prompt encoding uses.
     views = []
     for img in images:

@@ -25,6 +25,7 @@ from . import memory_report
 from .accounting import Accounting
 from .auth import KeyRing, KeysFile, parse_env_keys
 from .errors import ServiceError
+from .eta import SWAP_SECONDS
 from .files import FileStore
 from .inputs import Inputs, new_id
 from .job_events import JobEvents
@@ -196,6 +197,9 @@ class Core:
             if planned_side is not None:
                 check_planned_side(params, self.registry, sizes[0], planned_side, masked=masked)
             work = job_work(params, self.registry, sizes, side_sizes, masked=masked)
+            swap = self.pods.swap_seconds(model, meta.server_id) if self.pods is not None else 0.0
+            if work and swap > 0:
+                work[SWAP_SECONDS] = swap  # not a rate to fit: a measured wait (server/eta.py)
         except EngineError as exc:
             raise ServiceError.from_engine(exc) from None
         meta = meta.model_copy(update={"warnings": meta.warnings + warnings, "model": model, "work": work})

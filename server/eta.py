@@ -27,6 +27,10 @@ MIN_SECONDS = 0.1
 # Queued jobs ahead counted one by one; further ones are priced at the mean (bounded status reads).
 MAX_AHEAD_PRICED = 500
 
+# In a job's work when its pod had to load its edit model first (weights.yaml swap): the measured
+# seconds of that load, added as they are (the fit learns from the seconds without the swap).
+SWAP_SECONDS = "swap_seconds"
+
 Sample = tuple[dict[str, float], float]
 # Among fits that explain the samples equally well (too few or too alike samples), the one whose rates
 # are on these first: a pod that has only run one kind of job still tells a job with ten times the
@@ -45,11 +49,12 @@ class CostModel:
             self.rates.setdefault("refine_tflops", self.rates.get("edit_tflops", 0.0))
 
     def seconds(self, work: dict[str, float] | None) -> float:
-        """Inference seconds of a job with these units of work."""
+        """Seconds of a job with these units of work, with the model swap it waits for, if any."""
+        swap = (work or {}).get(SWAP_SECONDS, 0.0)
         if not work or self.rates is None:
-            return max(self.default_seconds, MIN_SECONDS)
+            return max(self.default_seconds, MIN_SECONDS) + swap
         estimate = sum(rate * work.get(name, 0.0) for name, rate in self.rates.items())
-        return max(estimate, MIN_SECONDS)
+        return max(estimate, MIN_SECONDS) + swap
 
 
 def _fit(samples: list[Sample]) -> dict[str, float] | None:

@@ -1,4 +1,5 @@
-"""Each worker's memory plan, shared with the API process: /v1/servers, /metrics and admission.
+"""Each worker's memory plan and loaded edit models, shared with the API process: /v1/servers,
+/metrics, admission and the ETA of a job that needs a model swapped in.
 
 A worker writes its plan's summary (pipelines/memory.py) once its engine is loaded, as a JSON file
 next to the metrics files of this server run (a fresh directory per ``retouch serve``, so a plan
@@ -73,6 +74,30 @@ def read_all(settings: Settings) -> list[dict]:
         except (OSError, ValueError):
             continue  # being replaced right now; the next read sees it
     return plans
+
+
+def _models_dir(settings: Settings) -> Path:
+    return plans_dir(settings).parent / "resident-models"
+
+
+def publish_models(settings: Settings, worker_id: str, resident: list[str], load_seconds: dict) -> None:
+    """The edit models a worker has loaded now and how long each took to load (swap ETAs)."""
+    folder = _models_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{worker_id}.json.tmp"
+    tmp.write_text(json.dumps({"worker": worker_id, "resident": resident, "load_seconds": load_seconds}))
+    tmp.replace(folder / f"{worker_id}.json")
+
+
+def read_models(settings: Settings) -> list[dict]:
+    folder = _models_dir(settings)
+    reports = []
+    for file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            reports.append(json.loads(file.read_text()))
+        except (OSError, ValueError):
+            continue
+    return reports
 
 
 def largest_side(settings: Settings) -> int | None:

@@ -93,6 +93,8 @@ class PodAgent:
             "workers_alive": self.supervisor.beating(),
             # each worker's memory plan (docs/memory.md), once its engine has loaded
             "memory_plans": memory_report.read_all(self.settings) if self.settings.role != "api" else [],
+            # the edit models each worker has loaded now, and what loading each took (swap ETAs)
+            "resident": memory_report.read_models(self.settings) if self.settings.role != "api" else [],
         }
 
     def start(self) -> None:
@@ -151,6 +153,21 @@ class PodAgent:
             # loading workers count: the job waits in the queue for them, as any job does at start
             if p.get("role") != "api" and model in (p.get("models") or ())
         ]
+
+    def swap_seconds(self, model: str, server_id: str | None = None) -> float:
+        """What a job for ``model`` waits for its model to be loaded: 0 when a worker of a pod that
+        may run it has it loaded, else the fastest measured load of it there (weights.yaml swap),
+        or, never loaded yet, the slowest load those pods measured of any model."""
+        pods = [p for p in self.live_pods() if p.get("role") != "api" and model in (p.get("models") or ())]
+        if server_id is not None:
+            pods = [p for p in pods if p["server_id"] == server_id]
+        reports = [r for p in pods for r in p.get("resident") or ()]
+        if not reports or any(model in r.get("resident", ()) for r in reports):
+            return 0.0
+        measured = [r["load_seconds"][model] for r in reports if model in r.get("load_seconds", {})]
+        if measured:
+            return float(min(measured))
+        return float(max((s for r in reports for s in r.get("load_seconds", {}).values()), default=0.0))
 
     def check_holder(self, model: str, server_id: str | None) -> None:
         """Refuse now a job for a model no live pod (or not the pinned one) holds, naming what is."""

@@ -88,6 +88,7 @@ class EditWorker:
         self.storage_backoff_s = 0.0
         self.claim_after = 0.0  # monotonic; set when a full disk sent a job back to the queue
         self._storage_shortage: str | None = None
+        self._reported: list[str] | None = None  # the loaded edit models last published
 
     def begin_stop(self) -> None:
         self.stop_deadline = time.monotonic() + self.settings.shutdown_grace_s
@@ -101,6 +102,17 @@ class EditWorker:
         plan = getattr(getattr(self.engine, "edit", None), "memory_plan", None)
         if plan is not None:
             memory_report.publish(self.settings, self.worker_id, plan.summary())
+        self._report_models()
+
+    def _report_models(self) -> None:
+        """Which edit models this worker has loaded (they change when it swaps, weights.yaml swap)."""
+        models = getattr(self.engine, "models", None)
+        if models is None:
+            return
+        resident = models.names
+        if resident != self._reported:
+            memory_report.publish_models(self.settings, self.worker_id, resident, models.load_seconds)
+            self._reported = resident
 
     def run(self, record: JobRecord) -> None:
         try:
@@ -164,6 +176,9 @@ class EditWorker:
             self.store.fail(job_id, "INTERNAL_ERROR", "the worker failed on this job; it was logged", True)
             return
         seconds = time.monotonic() - started
+        self._report_models()
+        # a swap is this job's wait, not its work: the ETA fit learns from the rest (server/eta.py)
+        work_seconds = max(seconds - result.timings.get("swap", 0.0), 0.0)
         results = []
         warnings = record.warnings + [w for w in result.warnings if w not in record.warnings]
         timings = {stage: round(t, 4) for stage, t in result.timings.items()}
@@ -184,7 +199,9 @@ class EditWorker:
                 )
             # charged at the price in force now, once: only the winning terminal write charges
             cost = charge_usd(seconds, self.settings.price_per_gpu_hour_usd)
-            completed = self.store.complete(job_id, results, result.seed, seconds, warnings, cost_usd=cost)
+            completed = self.store.complete(
+                job_id, results, result.seed, work_seconds, warnings, cost_usd=cost
+            )
         except Exception as exc:
             # Never leave the job "processing" behind a worker that gave up on it: it goes back to
             # the queue (full disk) or fails; the files of this attempt go either way.

@@ -54,6 +54,7 @@ def test_a_swap_is_timed_on_the_job(swap_engine):
     result = swap_engine.run(job(OLDER if OLDER not in swap_engine.models.names else NEWEST))
     assert result.timings["swap"] == result.record["swap"]["seconds"] > 0
     assert result.timings["total"] >= result.timings["swap"]
+    assert any(w.startswith(f"{result.record['model']} was loaded for this job in") for w in result.warnings)
 
 
 def test_without_swap_a_job_for_another_model_is_refused_naming_the_setting(engine):

@@ -148,3 +148,11 @@ def test_knobs_that_do_not_apply_to_21_are_named_in_the_warnings(engine_21, phot
     assert any("'anime-style' is not declared" in w for w in anime.warnings)
     with_cfg = engine_21.run(spec(photo_bytes, guidance_scale=4.0, cfg_norm_strength=0.5))
     assert not with_cfg.warnings and with_cfg.record["cfg_norm_strength"] == 0.5
+
+
+def test_prompt_enhancement_writes_with_21s_own_qwen3_vl(engine_21, photo_bytes):
+    enhanced = engine_21.run(spec(photo_bytes, enhance_prompt=True))
+    assert enhanced.revised_prompt and enhanced.revised_prompt != "make it warmer"
+    assert enhanced.timings["enhance"] > 0 and enhanced.record["revised_prompt"] == enhanced.revised_prompt
+    as_revised = engine_21.run(spec(photo_bytes, prompt=enhanced.revised_prompt))
+    assert as_revised.images[0].sha256 == enhanced.images[0].sha256

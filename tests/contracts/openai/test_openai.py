@@ -282,6 +282,8 @@ def test_committed_registry_maps_every_quality_and_every_model_name():
         "qwen-image-edit-2511-pe": ("qwen-image-edit-2511", True),
         "qwen-image-edit-2509": ("qwen-image-edit-2509", False),
         "qwen-image-edit-2509-pe": ("qwen-image-edit-2509", True),
+        "qwen-image-2.1": ("qwen-image-2.1", False),
+        "qwen-image-2.1-pe": ("qwen-image-2.1", True),
     }
 
 

@@ -142,6 +142,8 @@ def test_openai_client_errors_raise_the_clients_exceptions(client):
         "qwen-image-edit-2511-pe",
         "qwen-image-edit-2509",
         "qwen-image-edit-2509-pe",
+        "qwen-image-2.1",
+        "qwen-image-2.1-pe",
     ]
 
 
