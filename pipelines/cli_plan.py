@@ -70,13 +70,18 @@ def plan_command(
     max_side: int | None,
     host_memory: float | None,
     plan: str | None,
+    models: list[str] = (),
 ) -> None:
+    """``models``: the edit models to plan for (a pod that holds each; several: one pod swapping
+    them, and whether they fit loaded together); none = the default one."""
     from .memory import NoPlanFits, plan_memory
     from .memory_named import NAMED_PLANS
+    from .memory_plan import resident_together
     from .registry import load_registry
 
     try:
         registry = load_registry(weights)
+        pods = [registry.holding(name) for name in models] or [registry]
     except RegistryError as e:
         _fail(str(e).replace("\n", " "))
     if plan is not None and plan != "auto" and plan not in NAMED_PLANS:
@@ -88,10 +93,28 @@ def plan_command(
         _fail("no GPU here and no gpu_memory_gib in weights.yaml: pass --gpu-memory GIB to plan for a card")
     if gib <= 0:
         _fail(f"--gpu-memory must be positive, got {gib:g}")
-    try:
-        result = plan_memory(registry, gib, max_side=max_side, host_memory_gib=host_memory, plan=plan)
-    except NoPlanFits as e:
-        _fail(str(e))
-    except RegistryError as e:
-        _fail(str(e).replace("\n", " "))
-    print(render_plan(result, weights))
+    results = []
+    for pod in pods:
+        name = pod.edit_model(None)[0]
+        try:
+            results.append(plan_memory(pod, gib, max_side=max_side, host_memory_gib=host_memory, plan=plan))
+        except NoPlanFits as e:
+            _fail(f"{name}: {e}")
+        except RegistryError as e:
+            _fail(str(e).replace("\n", " "))
+        if len(pods) > 1:
+            print(f"== {name} ==")
+        print(render_plan(results[-1], weights))
+        if len(pods) > 1:
+            print()
+    if len(pods) > 1:
+        needed, usable = resident_together(results)
+        names = ", ".join(p.edit_model(None)[0] for p in pods)
+        verdict = (
+            f"fit loaded together: swap: true with memory.resident_edit_models: {len(pods)} never swaps them"
+            if needed <= usable
+            else "do not fit loaded together: with swap: true a worker loads one at a time, "
+            "least recently used out (each swap loads its weights again)"
+        )
+        held = f"{needed / GIB:.1f} GiB to keep all loaded, {usable / GIB:.1f} GiB usable"
+        print(f"{names}: {held}; they {verdict}")

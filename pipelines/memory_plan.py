@@ -100,3 +100,17 @@ class MemoryPlan:
             "lossy": self.lossy,
             "pinned_streams": self.pinned_streams,
         }
+
+
+def resident_together(plans: list[MemoryPlan]) -> tuple[int, int]:
+    """(bytes needed, bytes usable) for keeping the edit models of ``plans`` (one plan each, the
+    same card and refiner) loaded at once: every plan's GPU-resident edit weights, the refiner's
+    once, and the largest activation headroom any of them needs."""
+    from .memory_model import HEADROOM
+
+    def resident(plan: MemoryPlan, role: str) -> int:
+        return sum(r.placed_bytes for r in plan.rows if r.role == role and r.placement in ("gpu", "gpu-fp8"))
+
+    weights = sum(resident(p, "edit") for p in plans) + resident(plans[0], "refiner")
+    activations = max(p.peak_bytes - resident(p, "edit") - resident(p, "refiner") for p in plans)
+    return weights + max(activations, 0), int(plans[0].gpu_bytes * (1 - HEADROOM))

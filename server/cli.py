@@ -130,11 +130,14 @@ def plan(
     max_side: int | None = typer.Option(None, "--max-side", help="Largest output side [limits]"),
     host_memory: float | None = typer.Option(None, "--host-memory", help="Host RAM GiB [this machine's]"),
     plan_name: str | None = typer.Option(None, "--plan", help="auto or a named plan [weights.yaml]"),
+    models: list[str] = typer.Option(
+        [], "--model", help="Edit model to plan for; repeat it for one pod swapping several [the default]"
+    ),
 ) -> None:
     """Where every model component would live on a GPU, the peak and the cost; needs only the configs."""
     from pipelines.cli_plan import plan_command
 
-    plan_command(weights, gpu_memory, max_side, host_memory, plan_name)
+    plan_command(weights, gpu_memory, max_side, host_memory, plan_name, models)
 
 
 @app.command()

@@ -34,6 +34,14 @@ CONFIG_FILES = {
         "text_encoder/config.json": "qwen_image_edit_text_encoder.json",
         "vae/config.json": "qwen_image_edit_vae.json",
     },
+    # no configs are published with 2.1: diffusers' class defaults (transformer, VAE) and Qwen3-VL-8B's
+    # shape for its encoder (benchmarks/README.md)
+    "Qwen-Image-2.1": {
+        "model_index.json": "qwen_image_21_model_index.json",
+        "transformer/config.json": "qwen_image_21_transformer.json",
+        "text_encoder/config.json": "qwen_image_21_text_encoder.json",
+        "vae/config.json": "qwen_image_21_vae.json",
+    },
     "Z-Image-Turbo": {
         "model_index.json": "z_image_turbo_model_index.json",
         "transformer/config.json": "z_image_turbo_transformer.json",
@@ -252,3 +260,19 @@ def test_retouch_plan_without_a_gpu_or_a_size_asks_for_one(configs_only):
     assert "pass --gpu-memory GIB" in done.stderr and "Traceback" not in done.stderr
     wrong = run_plan("--weights", str(configs_only), "--gpu-memory", "24", "--plan", "everything")
     assert wrong.returncode == 2 and "--plan must be auto or one of resident" in wrong.stderr
+
+
+def test_retouch_plan_for_a_chosen_model_and_for_several_on_one_pod(configs_only):
+    args = ("--weights", str(configs_only), "--host-memory", str(HOST_GIB))
+    done = run_plan(*args, "--gpu-memory", "24", "--model", "qwen-image-2.1")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"qwen-image-2\.1\.transformer\s+7\.115 B\s+14\.23 GB", done.stdout)  # 7.1 B
+    assert "qwen-image-edit-2511" not in done.stdout  # that pod does not load it
+    both = ("--model", "qwen-image-edit-2511", "--model", "qwen-image-2.1")
+    roomy = run_plan(*args, "--gpu-memory", "141", *both)
+    assert roomy.returncode == 0 and "== qwen-image-2.1 ==" in roomy.stdout
+    assert "they fit loaded together" in roomy.stdout and "resident_edit_models: 2" in roomy.stdout
+    tight = run_plan(*args, "--gpu-memory", "80", *both)
+    assert "they do not fit loaded together" in tight.stdout and "one at a time" in tight.stdout
+    unknown = run_plan(*args, "--gpu-memory", "80", "--model", "qwen-image-9")
+    assert unknown.returncode == 2 and "have: qwen-image-edit-2511" in unknown.stderr
