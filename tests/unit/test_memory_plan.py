@@ -276,3 +276,16 @@ def test_retouch_plan_for_a_chosen_model_and_for_several_on_one_pod(configs_only
     assert "they do not fit loaded together" in tight.stdout and "one at a time" in tight.stdout
     unknown = run_plan(*args, "--gpu-memory", "80", "--model", "qwen-image-9")
     assert unknown.returncode == 2 and "have: qwen-image-edit-2511" in unknown.stderr
+
+
+def test_the_docs_table_of_qwen_image_21_is_what_the_planner_says(real):
+    rows = re.findall(
+        r"^\| (\d+) GiB \| ([\w-]+) \| ([^|]+) \| ([\d.]+) \| (\d+) \|$", DOCS.read_text(), re.M
+    )
+    assert [int(r[0]) for r in rows] == [24, 48, 80]
+    for gib, name, placements, peak, side in rows:
+        plan = plan_memory(real.holding("qwen-image-2.1"), int(gib), host_memory_gib=HOST_GIB)
+        where = ", ".join(plan.placement("qwen-image-2.1", c) for c in ("transformer", "text_encoder", "vae"))
+        assert (plan.name, where, f"{plan.peak_bytes / GIB:.1f}", plan.largest_side) == (
+            name, placements.strip(), peak, int(side)
+        )  # fmt: skip
