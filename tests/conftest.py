@@ -65,6 +65,30 @@ def tiny_serve(tiny_weights, tmp_path_factory):
         srv.stop()
 
 
+# The one key the playground's server accepts (tests/system/test_playground_browser*.py).
+PLAYGROUND_KEY = "playground-test-key-0123456789"
+
+
+@pytest.fixture(scope="session")
+def playground_serve(tiny_weights, tmp_path_factory):
+    """A real ``retouch serve`` on the tiny weights that accepts ``PLAYGROUND_KEY`` only, behind the
+    playground's browser tests. Session-scoped: both playground modules use it, and a module-scoped
+    fixture imported into a second module would start a second server there."""
+    from tests.support.server_harness import ServeProcess, free_port
+
+    data = tmp_path_factory.mktemp("playground") / "data"
+    data.mkdir()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RETOUCH_API_KEYS", PLAYGROUND_KEY)
+        srv = ServeProcess(tiny_weights, data, free_port())
+    srv.data_dir = data
+    try:
+        srv.wait()
+        yield srv
+    finally:
+        srv.stop()
+
+
 def make_photo(width: int = 96, height: int = 64, seed: int = 0) -> Image.Image:
     """A picture with gradients and shapes, so edits and composites have something to change."""
     rng = np.random.default_rng(seed)

@@ -15,16 +15,14 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import encode, make_photo
-from tests.support.server_harness import ServeProcess
-from tests.support.server_harness import free_port as _free_port
+from tests.conftest import PLAYGROUND_KEY, encode, make_photo
 from tests.unit.test_metrics import start_long_job, worker_paused
 
 CHROMIUM = os.environ.get("RETOUCH_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "benchmarks" / "out" / "playground"
 STATIC = ROOT / "server" / "static"
-API_KEY = "playground-test-key-0123456789"
+API_KEY = PLAYGROUND_KEY
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -32,19 +30,11 @@ if not Path(CHROMIUM).exists():  # .ci/run installs it; a dev box without it ski
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def server(tiny_weights, tmp_path_factory):
-    data = tmp_path_factory.mktemp("playground") / "data"
-    data.mkdir()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RETOUCH_API_KEYS", API_KEY)
-        srv = ServeProcess(tiny_weights, data, _free_port())
-    srv.data_dir = data
-    try:
-        srv.wait()
-        yield srv
-    finally:
-        srv.stop()
+@pytest.fixture
+def server(playground_serve):
+    """The playground's server: ``playground_serve`` (tests/conftest.py), one for both playground
+    modules (test_playground_browser_controls.py imports these fixtures)."""
+    return playground_serve
 
 
 @pytest.fixture(scope="module")
