@@ -125,7 +125,7 @@ def test_sigterm_drains_finishes_running_job_and_takes_no_new_one(tmp_path, tiny
 def test_sigterm_hands_a_long_job_back_to_the_queue(tmp_path, tiny_weights):
     srv = Serve(tiny_weights, tmp_path / "data", grace_s=1)
     try:
-        long_job = srv.submit("very long pace:400")  # about 20 s, far past the 1 s grace
+        long_job = srv.submit("very long pace:200")  # about 10 s, far past the 1 s grace
         _wait(lambda: srv.status(long_job)["status"] == "processing", 30, "the job to start")
         sent = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
