@@ -95,7 +95,8 @@ def run_once(engine, spec, probe: Probe) -> dict:
     stages["other"] = e2e - sum(stages.values())
     stages["end_to_end"] = e2e
     qcfg = dict(engine.edit.pipe.transformer.config)
-    q = sum(b * flops.qwen_image_forward_flops(qcfg, img, txt) for b, img, txt in probe.qwen)
+    # Qwen-Image-Edit: (batch, image, text tokens); Qwen-Image 2.1: (batch, query, key tokens)
+    q = sum(b * flops.edit_forward_flops(qcfg, first, second) for b, first, second in probe.qwen)
     z = 0.0
     if probe.z:
         zcfg = dict(engine.refiner.pipe.transformer.config)

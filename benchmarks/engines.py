@@ -3,7 +3,9 @@
 - ``tiny_engine``: the tiny random-weight set through ``EditEngine``, the production code path;
 - ``full_engine``: the full-size architectures from ``configs/`` with random bf16 weights built on
   the device (``full_models.py``), assembled into an ``EditEngine`` without weight files;
-- ``with_stock``: the same engine with stock ``QwenImageEditPlusPipeline.__call__`` as its edit pipe.
+- ``full_qwen21_engine``: the same for Qwen-Image 2.1 (its configs: class defaults, Qwen3-VL-8B);
+- ``with_stock``: the same engine with the stock pipeline's ``__call__`` as its edit pipe
+  (``QwenImageEditPlusPipeline``, or ``QwenImage21Pipeline`` for a 2.1 engine).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 import yaml
 
 from benchmarks import report
-from benchmarks.instrument import Probe, StockEditPipe
+from benchmarks.instrument import Probe, StockEditPipe, StockQwen21Pipe
 
 DEFAULT_LORA_RANK = 32  # the published Lightning LoRAs' rank is not stated here; 32 is assumed
 RANDOM_NOTE = "random weights: timings reflect the architectures' compute, not image quality"
@@ -61,7 +63,6 @@ def full_engine(device: torch.device, lightning_steps: Iterable[int], refiner: b
 
     from benchmarks import full_models as fm
     from pipelines import load_registry
-    from pipelines.engine import EditEngine
     from pipelines.loader import LoadedEditModel, LoadedRefiner
 
     record = {} if record is None else record
@@ -117,11 +118,8 @@ def full_engine(device: torch.device, lightning_steps: Iterable[int], refiner: b
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             notes.append("refiner did not fit next to the edit model in bf16: refine cases skipped")
-    engine = EditEngine.__new__(EditEngine)
-    engine.registry = registry
-    engine.edit = LoadedEditModel(edit_name, entry, retouch, schedulers, adapters)
-    engine.refiner = loaded_refiner
-    engine.versions = report.versions()
+    engine = assemble_engine(registry, LoadedEditModel(edit_name, entry, retouch, schedulers, adapters),
+                             loaded_refiner)  # fmt: skip
     mem = fm.parameter_bytes(retouch.transformer, retouch.vae, retouch.text_encoder)
     if loaded_refiner is not None:
         p = loaded_refiner.pipe
@@ -130,15 +128,92 @@ def full_engine(device: torch.device, lightning_steps: Iterable[int], refiner: b
     return engine, notes, stock
 
 
+class HeldModels:
+    """What ``EditEngine.models`` answers for an engine assembled by hand: its one edit model."""
+
+    def __init__(self, model):
+        self.model = model
+        self.load_seconds: dict[str, float] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return [self.model.name]
+
+    def get(self, name: str):
+        if name != self.model.name:
+            raise ValueError(f"this benchmark engine holds {self.model.name}, the job asks for {name}")
+        return self.model, None
+
+
+def assemble_engine(registry, edit, refiner):
+    """An ``EditEngine`` around models built in memory (no weight files, no loader)."""
+    from pipelines.engine import EditEngine
+
+    engine = EditEngine.__new__(EditEngine)
+    engine.registry = registry
+    engine.models = HeldModels(edit)
+    engine.edit = edit
+    engine.refiner = refiner
+    engine.versions = report.versions()
+    return engine
+
+
+def full_qwen21_engine(device: torch.device, *, layers: int | None = None, side: int | None = None,
+                       record: dict | None = None):  # fmt: skip
+    """Full-size Qwen-Image 2.1 engine (random bf16 weights, seeded), no refiner.
+
+    Returns (engine, notes, stock ``QwenImage21Pipeline`` sharing its components).
+    """
+    from benchmarks import full_models as fm
+    from pipelines import load_registry
+    from pipelines.loader import LoadedEditModel
+
+    record = {} if record is None else record
+    torch.manual_seed(21)
+    name = "qwen-image-2.1"
+    registry = load_registry(report.ROOT / "weights.yaml").holding(name)
+    # random weights: none of the model's files, so no licence to accept for this benchmark
+    update = {"accept_license": True}
+    notes = [
+        f"{name}: transformer and VAE from diffusers 0.42.1's class defaults (no config is published), "
+        "text encoder of Qwen3-VL-8B's shape (an assumption); scheduler: Qwen-Image-Edit's config"
+    ]
+    if side and side != 1024:
+        update["vae_condition_pixels"] = side**2
+        notes.append(f"{name} side {side}: condition area changed, NOT the issue's 1024/2048 cases")
+    entry = registry.models[name].model_copy(update=update)
+    registry = registry.model_copy(update={"models": {**registry.models, name: entry}})
+    t0 = time.perf_counter()
+    tokenizer, _processor = fm.build_tokenizer_and_processor()
+    record["tokenizer_and_processor"] = {"seconds": time.perf_counter() - t0, "gib": 0.0}
+    retouch, stock = fm.build_qwen_image_21(device, tokenizer, layers, record=record)
+    retouch.use_kv_cache = entry.performance.kv_cache
+    schedulers = {"default": retouch.scheduler}
+    engine = assemble_engine(registry, LoadedEditModel(name, entry, retouch, schedulers, []), None)
+    mem = fm.parameter_bytes(retouch.transformer, retouch.vae, retouch.text_encoder)
+    notes.append(
+        f"{name} built in {time.perf_counter() - t0:.0f} s on {device}, weights {mem / 2**30:.1f} GiB"
+    )
+    return engine, notes, stock
+
+
 def with_stock(engine, stock_pipe=None) -> dict:
     """{"retouch": engine, "stock": the same engine with the stock pipeline as its edit pipe}."""
-    from diffusers import QwenImageEditPlusPipeline
+    from diffusers import QwenImage21Pipeline, QwenImageEditPlusPipeline
 
+    qwen21 = engine.edit.entry.pipeline == "qwen_image_21"
     if stock_pipe is None:
-        stock_pipe = QwenImageEditPlusPipeline(**engine.edit.pipe.components)
+        stock_class = QwenImage21Pipeline if qwen21 else QwenImageEditPlusPipeline
+        stock_pipe = stock_class(**engine.edit.pipe.components)
         stock_pipe.set_progress_bar_config(disable=True)
+    if qwen21:
+        wrapped = StockQwen21Pipe(stock_pipe, use_kv_cache=engine.edit.pipe.use_kv_cache)
+    else:
+        wrapped = StockEditPipe(stock_pipe)
     stock = copy.copy(engine)
-    stock.edit = dataclasses.replace(engine.edit, pipe=StockEditPipe(stock_pipe))
+    stock.edit = dataclasses.replace(engine.edit, pipe=wrapped)
+    # the engine takes each job's model from .models: the stock copy's own, or it would run Retouch's
+    stock.models = HeldModels(stock.edit)
     return {"retouch": engine, "stock": stock}
 
 

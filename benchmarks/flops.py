@@ -12,6 +12,8 @@ from pipelines.flops import (  # noqa: F401 (re-exported for the benchmarks)
     condition_size,
     image_tokens,
     qwen_edit_job_flops,
+    qwen_image_21_forward_flops,
+    qwen_image_21_job_flops,
     qwen_image_forward_flops,
     z_image_forward_flops,
 )
@@ -46,6 +48,24 @@ def load_config(name: str) -> dict:
 
 def qwen_edit_config() -> dict:
     return load_config("qwen_image_edit_transformer.json")
+
+
+def qwen_image_21_config() -> dict:
+    """Qwen-Image 2.1's transformer: diffusers 0.42.1's class defaults (no config is published)."""
+    return load_config("qwen_image_21_transformer.json")
+
+
+def is_qwen_image_21(config: dict) -> bool:
+    """A QwenImage21Transformer2DModel config (single stream: ``context_in_dim``, no joint attention)."""
+    return "context_in_dim" in config
+
+
+def edit_forward_flops(config: dict, first: int, second: int) -> float:
+    """One edit-transformer forward of either kind, from the counts ``instrument.Probe`` records:
+    (image, text tokens) for Qwen-Image-Edit, (query, key tokens) for Qwen-Image 2.1."""
+    if is_qwen_image_21(config):
+        return qwen_image_21_forward_flops(config, first, second)
+    return qwen_image_forward_flops(config, first, second)
 
 
 def z_image_config() -> dict:

@@ -207,3 +207,72 @@ def random_lora_state_dict(transformer, rank: int, seed: int) -> dict[str, torch
 
 def parameter_bytes(*modules) -> int:
     return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+
+def build_qwen_image_21(device: torch.device, tokenizer, layers: int | None = None, record=None):
+    """The Retouch and the stock Qwen-Image 2.1 pipelines, sharing one set of components.
+
+    No config is published with the weights: the transformer and VAE are diffusers 0.42.1's class
+    defaults (7.1 B), the text encoder Qwen3-VL-8B's shape (8.77 B, an assumption); the processor is
+    Qwen3-VL's (patch 16, merge 2) over the tiny tokenizer, the scheduler Qwen-Image-Edit's config.
+    """
+    from diffusers import (
+        AutoencoderKLQwenImage21,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImage21Pipeline,
+        QwenImage21Transformer2DModel,
+    )
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    from pipelines.qwen21 import RetouchQwenImage21Pipeline
+    from pipelines.tiny.qwen21 import QWEN3_VL_CHAT_TEMPLATE
+
+    tcfg = _truncate(load_config("qwen_image_21_transformer.json"), ("num_layers",), layers)
+    te = load_config("qwen_image_21_text_encoder.json")
+    for key, token in TEXT_ENCODER_TOKEN_KEYS.items():
+        if key in te:
+            te[key] = tokenizer.convert_tokens_to_ids(token)
+    if layers is not None:
+        te["text_config"]["num_hidden_layers"] = min(te["text_config"]["num_hidden_layers"], layers)
+        vision = te["vision_config"]
+        vision["depth"] = min(vision["depth"], layers)
+        vision["deepstack_visual_indexes"] = [
+            i for i in vision["deepstack_visual_indexes"] if i < vision["depth"]
+        ]
+    te_config = Qwen3VLConfig(**te)
+    _bf16_sdpa(te_config, te_config.text_config, te_config.vision_config)
+    with on_device_bf16(device):
+        t0 = time.perf_counter()
+        transformer = _built(record, "qwen21_transformer", t0, QwenImage21Transformer2DModel(**tcfg))
+        t0 = time.perf_counter()
+        vae = _built(
+            record, "qwen21_vae", t0, AutoencoderKLQwenImage21(**load_config("qwen_image_21_vae.json"))
+        )
+        t0 = time.perf_counter()
+        text_encoder = _built(record, "qwen3_vl_text_encoder", t0, Qwen3VLForConditionalGeneration(te_config))
+    image_kwargs = dict(
+        patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    # the pipeline hands the processor pictures already at their condition size: it keeps them
+    size = {"shortest_edge": 32 * 32, "longest_edge": 4096 * 4096}
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=size, **image_kwargs),
+        video_processor=Qwen3VLVideoProcessor(size=size, **image_kwargs),
+        tokenizer=tokenizer,
+        chat_template=QWEN3_VL_CHAT_TEMPLATE,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(**load_config("qwen_image_edit_scheduler.json"))
+    parts = dict(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, processor=processor, transformer=transformer
+    )
+    retouch = RetouchQwenImage21Pipeline(**parts)
+    stock = QwenImage21Pipeline(**parts)
+    for pipe in (retouch, stock):
+        pipe.set_progress_bar_config(disable=True)
+    return retouch, stock

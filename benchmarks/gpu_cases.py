@@ -21,6 +21,7 @@ from benchmarks.engines import full_engine, install_probe, tiny_engine, with_sto
 from benchmarks.gpu_context import Case, Context, run_engine_case
 from benchmarks.gpu_environment import environment_info
 from benchmarks.gpu_memory_cases import MEMORY_CASES
+from benchmarks.gpu_qwen21_cases import QWEN21_CASES
 from benchmarks.gpu_speed_cases import (
     attention_backends,
     compile_estimate,
@@ -157,6 +158,8 @@ CASES: list[Case] = [
          fp8_estimate, fp8_fused),
     Case("server", "3 jobs via HTTP + queue + worker with the full-size engine: added latency per job",
          _server_estimate, server, needs_engine=False),
+    # Qwen-Image 2.1 (issue 16): its own build, beside the edit engine when the card holds both
+    *QWEN21_CASES,
     # each builds its own engine placed by a smaller card's plan (issue 14), so they come last
     *MEMORY_CASES,
 ]  # fmt: skip

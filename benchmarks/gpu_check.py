@@ -132,11 +132,12 @@ def summary(cases: dict) -> str:
         lines += ["", "memory plans (smaller cards emulated with a memory fraction; Lightning-8):", memory]
     if "table" in cases.get("server", {}):
         lines += ["", "server (3 jobs through HTTP + queue + worker):", cases["server"]["table"]]
-    build = cases.get("build", {})
-    if "components" in build:
-        lines += ["", "build: " + ", ".join(f"{k} {v['gib'] or 0:.1f} GiB" +
-                                           (f" {v['seconds']:.1f} s" if v.get("seconds") else "")
-                                           for k, v in build["components"].items())]  # fmt: skip
+    for name in ("build", "qwen21-build"):
+        build = cases.get(name, {})
+        if "components" in build:
+            lines += ["", f"{name}: " + ", ".join(f"{k} {v['gib'] or 0:.1f} GiB" +
+                                                 (f" {v['seconds']:.1f} s" if v.get("seconds") else "")
+                                                 for k, v in build["components"].items())]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -156,6 +157,8 @@ def run_cases(run: Run, ctx: Context, names: list[str]) -> bool:
             rec["skipped"] = "budget"
         elif case.needs_engine and ctx.engines is None:
             rec["skipped"] = "no engine: the build did not run or failed"
+        elif case.missing and case.missing(ctx):
+            rec["skipped"] = case.missing(ctx)
         else:
             print(f"[{time.monotonic() - STARTED:6.0f} s] {case.name}: estimated {estimate:.0f} s, "
                   f"{left:.0f} s left", flush=True)  # fmt: skip

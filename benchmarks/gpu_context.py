@@ -27,6 +27,8 @@ class Context:
     notes: list[str] = field(default_factory=list)
     layers: int | None = None  # full size truncated to N layers: a smoke test of that path, no figures
     results: dict = field(default_factory=dict)  # each case's record once it ran, for later cases
+    # Qwen-Image 2.1 while built (gpu_qwen21_cases): its {"retouch", "stock"} engines, probe, state
+    qwen21: dict | None = None
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -54,6 +56,8 @@ class Case:
     estimate: Callable[[Context], float]
     run: Callable[[Context], dict]
     needs_engine: bool = True
+    # what else it needs: the reason it is skipped when that is missing, else None
+    missing: Callable[[Context], str | None] | None = None
 
 
 def run_engine_case(ctx: Context, name: str, engines: dict | None = None, *, runs: int, warmup: int,

@@ -20,6 +20,7 @@ import torch
 from benchmarks import report
 from benchmarks.engines import full_engine, install_probe
 from benchmarks.gpu_context import Case, Context, run_engine_case
+from benchmarks.gpu_qwen21_cases import free_qwen21
 
 GIB = 2**30
 # The targets: end-to-end latency against the resident path, and the least PSNR.
@@ -66,6 +67,7 @@ def _build(ctx: Context, refiner: bool):
 
 
 def _free(ctx: Context) -> None:
+    free_qwen21(ctx)  # Qwen-Image 2.1, if its last case did not run to free it
     ctx.engines = ctx.probe = None
     gc.collect()
     if ctx.device.type == "cuda":

@@ -17,7 +17,10 @@ class Probe:
     def reset(self) -> None:
         self.spans: dict[str, float] = {}
         self.first: dict[str, float] = {}
-        self.qwen: list[tuple[int, int, int]] = []  # (batch, image tokens, text tokens)
+        # per edit-transformer forward: (batch, image tokens, text tokens) for Qwen-Image-Edit;
+        # (batch, query tokens, key tokens) for Qwen-Image 2.1, whose prefix KV cache recomputes
+        # only the target's tokens after the first step (flops.edit_forward_flops reads both)
+        self.qwen: list[tuple[int, int, int]] = []
         self.z: list[tuple[int, int]] = []  # (image tokens, caption tokens) per sample
 
     def now(self) -> float:
@@ -50,7 +53,13 @@ class Probe:
             hs, ehs = kwargs["hidden_states"], kwargs["encoder_hidden_states"]
             self.qwen.append((hs.shape[0], hs.shape[1], ehs.shape[1]))
 
-        transformer.register_forward_pre_hook(qwen_hook, with_kwargs=True)
+        def qwen21_hook(module, args, kwargs):
+            if "denoise" not in self.first:
+                self.first["denoise"] = self.now()
+            self.qwen.append(qwen21_tokens(kwargs))
+
+        single_stream = "context_in_dim" in transformer.config  # Qwen-Image 2.1
+        transformer.register_forward_pre_hook(qwen21_hook if single_stream else qwen_hook, with_kwargs=True)
         if refiner is not None:
 
             def z_hook(module, args, kwargs):
@@ -59,6 +68,20 @@ class Probe:
                     self.z.append((x.shape[1] * (x.shape[2] // 2) * (x.shape[3] // 2), cap.shape[0]))
 
             refiner.transformer.register_forward_pre_hook(z_hook, with_kwargs=True)
+
+
+def qwen21_tokens(kwargs: dict) -> tuple[int, int, int]:
+    """(batch, query, key tokens) of one QwenImage21Transformer2DModel forward, from shapes alone (no
+    device sync). The joint sequence is the prompt's text tokens, then every picture's latents
+    (conditions, then the target); each image slot of the encoded prompt stands for 2x2 latents.
+    A ``cached`` forward (the prefix KV cache) recomputes only the target's tokens over all keys.
+    """
+    hs, ehs, shapes = kwargs["hidden_states"], kwargs["encoder_hidden_states"], kwargs["img_shapes"][0]
+    condition_latents = sum(f * h * w for f, h, w in shapes[:-1])
+    keys = ehs.shape[1] - condition_latents // 4 + hs.shape[1]
+    f, h, w = shapes[-1]
+    queries = f * h * w if kwargs.get("kv_cache_mode") == "cached" else keys
+    return hs.shape[0], queries, keys
 
 
 class StockEditPipe:
@@ -96,3 +119,33 @@ class StockEditPipe:
         finally:
             stock_module.VAE_IMAGE_SIZE, stock_module.CONDITION_IMAGE_SIZE = saved
         return EditOutput(images=out.images, timings={})
+
+
+class StockQwen21Pipe(StockEditPipe):
+    """Stock ``QwenImage21Pipeline.__call__`` behind the engine's call, with the Retouch pipe's
+    prefix-KV-cache setting (``use_kv_cache``) so that both run the same forwards."""
+
+    def __init__(self, stock, use_kv_cache: bool = True):
+        super().__init__(stock)
+        object.__setattr__(self, "use_kv_cache", use_kv_cache)
+
+    def __call__(self, images, prompt, *, height, width, num_inference_steps, generator,
+                 negative_prompt=None, true_cfg_scale=1.0, cfg_norm_strength=0.0, mask=None,
+                 vae_condition_pixels, vl_condition_pixels=None, on_step=None, preview_steps=(),
+                 on_preview=None):  # fmt: skip
+        from pipelines.edit_loop import EditOutput
+
+        if mask is not None or cfg_norm_strength or preview_steps:
+            raise ValueError("the stock 2.1 pipeline has no mask, no previews and only plain CFG")
+        side = round(vae_condition_pixels**0.5)
+        if side * side != vae_condition_pixels:  # stock resizes conditions to output_resolution^2
+            raise ValueError(
+                f"the stock 2.1 pipeline reads a square condition area, not {vae_condition_pixels}"
+            )
+        cfg = true_cfg_scale > 1 and negative_prompt is not None
+        out = self.stock(prompt=prompt, image=images, negative_prompt=negative_prompt if cfg else None,
+                         true_cfg_scale=true_cfg_scale, height=height, width=width,
+                         num_inference_steps=num_inference_steps, generator=generator, output_type="pil",
+                         output_resolution=side, use_kv_cache=self.use_kv_cache)  # fmt: skip
+        # its VAE paints RGBA, as Retouch's, which hands the engine RGB
+        return EditOutput(images=[picture.convert("RGB") for picture in out.images], timings={})

@@ -16,8 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = str(ROOT / "benchmarks" / "gpu_check.py")
 CASES = ["environment", "build", "lightning-8", "lightning-4", "cfg-40", "attention-backends",
-         "regional-compile", "refiner", "fp8-fused", "server", "memory-80", "memory-48",
-         "memory-24"]  # fmt: skip
+         "regional-compile", "refiner", "fp8-fused", "server", "qwen21-build", "qwen21-40-1024",
+         "qwen21-40-2048", "memory-80", "memory-48", "memory-24"]  # fmt: skip
 
 
 def run_check(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -55,6 +55,20 @@ def test_dry_run_on_the_tiny_set_runs_every_case(tmp_path):
     jobs = cases["server"]["jobs"]
     assert len(jobs) == 3 and all(0 < job["engine"] < job["e2e"] for job in jobs)
     assert len(cases["server"]["added_per_job_s"]) == 3
+    # Qwen-Image 2.1: its own build, then 40 steps without CFG at the side and twice it, both paths
+    assert cases["qwen21-build"]["components"]["qwen21_transformer"]["gib"] > 0
+    for name, side in (("qwen21-40-1024", 128), ("qwen21-40-2048", 256)):
+        case = cases[name]
+        assert case["side"] == side and case["same_forwards"]
+        for path in ("retouch", "stock"):
+            assert case[path]["stages"]["end_to_end"]["p50"] > 0
+            forwards = case[path]["forwards"]["qwen"]
+            assert len(forwards) == 40  # no CFG: one forward a step
+            # the prefix KV cache: step 1 over the whole joint sequence, later steps the target's
+            # (side/16)^2 tokens over all of it, and the FLOPs counted that way
+            (_b, q1, k1), (_b2, q2, k2) = forwards[0], forwards[1]
+            assert q1 == k1 == k2 and q2 == (side // 16) ** 2 < k1
+            assert case[path]["flops"]["qwen_transformer"] > 0 and case[path]["tflops_per_s_denoise"]
     # each emulated card runs its plan's hooks on a rebuilt engine; lossless plans are bit-identical
     streamed = cases["memory-24"]["plan"]["placements"]["qwen-image-edit-tiny.transformer"]
     assert streamed == "streamed" and cases["memory-80"]["plan"]["plan"] == "refiner-on-demand"
@@ -75,8 +89,11 @@ def test_a_small_budget_skips_the_later_cases_and_still_writes_valid_json(tmp_pa
     assert "skipped" not in cases["environment"] and cases["environment"]["device"]
     assert cases["build"]["skipped"] == "budget"
     assert cases["build"]["estimate_s"] > cases["build"]["left_s"]
+    # Qwen-Image 2.1 builds its own engine, not the edit one: its cases may fit in what is left
+    ran = [name for name in CASES[2:] if "skipped" not in cases[name]]
+    assert set(ran) <= {"qwen21-build", "qwen21-40-1024", "qwen21-40-2048"}
     for name in CASES[2:]:
-        assert "skipped" in cases[name] and "elapsed_s" not in cases[name]
+        assert ("elapsed_s" in cases[name]) == (name in ran) and "error" not in cases[name]
     assert "skipped: budget" in (tmp_path / "RESULTS-section.md").read_text()
 
 
@@ -89,3 +106,5 @@ def test_the_plan_shows_which_cases_a_budget_leaves_out():
     # FLOP counts: 40 steps with CFG are 80 forwards, Lightning-8 eight
     assert estimate["cfg-40"] > estimate["lightning-8"] > estimate["lightning-4"] > 0
     assert "past the budget" not in lines["lightning-8"] and "past the budget" in lines["server"]
+    # Qwen-Image 2.1's 40 steps: four times the pixels cost more than four times the seconds
+    assert estimate["qwen21-40-2048"] > 4 * estimate["qwen21-40-1024"] > 0 and estimate["qwen21-build"] > 0
