@@ -112,12 +112,16 @@ class EditWorker:
         resident = models.names
         if resident != self._reported:
             memory_report.publish_models(self.settings, self.worker_id, resident, models.load_seconds)
+            plan = getattr(self.engine.edit, "memory_plan", None)
+            if plan is not None and self._reported is not None:  # the plan of the model now running
+                memory_report.publish(self.settings, self.worker_id, plan.summary())
             self._reported = resident
 
     def run(self, record: JobRecord) -> None:
         try:
             self._run(record)
         finally:  # completed, failed, handed back: a waiting request reads the store again now
+            self._report_models()  # a swap happens whatever the job's outcome
             self.events.publish(record.id)
 
     def _run(self, record: JobRecord) -> None:
@@ -176,7 +180,6 @@ class EditWorker:
             self.store.fail(job_id, "INTERNAL_ERROR", "the worker failed on this job; it was logged", True)
             return
         seconds = time.monotonic() - started
-        self._report_models()
         # a swap is this job's wait, not its work: the ETA fit learns from the rest (server/eta.py)
         work_seconds = max(seconds - result.timings.get("swap", 0.0), 0.0)
         results = []

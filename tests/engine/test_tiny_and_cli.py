@@ -143,5 +143,5 @@ def test_missing_weights_exit_2_with_the_paths(tmp_path):
         str(tmp_path / "o.png"),
     )  # fmt: skip
     assert done.returncode == 2
-    assert "Qwen-Image-Edit-2509" in done.stderr and "retouch weights tiny" in done.stderr
+    assert "Qwen-Image-Edit-2511" in done.stderr and "retouch weights tiny" in done.stderr
     assert not io.StringIO(done.stderr).read().count("Traceback")

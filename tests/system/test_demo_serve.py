@@ -71,6 +71,7 @@ def test_readyz_reports_the_demo_set(demo_server):
     assert set(body["weights"]["revisions"]) == {
         "qwen-image-edit-tiny",
         "qwen-image-edit-2509-tiny",
+        "qwen-image-2.1-tiny",
         "z-image-turbo-tiny",
     }
 
@@ -113,7 +114,7 @@ def test_a_partial_install_is_an_error_even_with_the_flag(tmp_path):
     done = serve_once(
         "--weights", str(weights), "--demo-if-missing", "--data-dir", str(tmp_path / "d"), cwd=tmp_path
     )
-    assert done.returncode == 2 and "Qwen-Image-Edit-2509" in done.stderr
+    assert done.returncode == 2 and "Qwen-Image-Edit-2511" in done.stderr  # what this pod loads
     assert not (tmp_path / "tiny-weights").exists()
 
 
