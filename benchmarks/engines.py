@@ -128,30 +128,14 @@ def full_engine(device: torch.device, lightning_steps: Iterable[int], refiner: b
     return engine, notes, stock
 
 
-class HeldModels:
-    """What ``EditEngine.models`` answers for an engine assembled by hand: its one edit model."""
-
-    def __init__(self, model):
-        self.model = model
-        self.load_seconds: dict[str, float] = {}
-
-    @property
-    def names(self) -> list[str]:
-        return [self.model.name]
-
-    def get(self, name: str):
-        if name != self.model.name:
-            raise ValueError(f"this benchmark engine holds {self.model.name}, the job asks for {name}")
-        return self.model, None
-
-
 def assemble_engine(registry, edit, refiner):
     """An ``EditEngine`` around models built in memory (no weight files, no loader)."""
     from pipelines.engine import EditEngine
+    from pipelines.model_swap import ResidentEditModels
 
     engine = EditEngine.__new__(EditEngine)
     engine.registry = registry
-    engine.models = HeldModels(edit)
+    engine.models = ResidentEditModels.of(registry, edit)
     engine.edit = edit
     engine.refiner = refiner
     engine.versions = report.versions()
@@ -201,6 +185,8 @@ def with_stock(engine, stock_pipe=None) -> dict:
     """{"retouch": engine, "stock": the same engine with the stock pipeline as its edit pipe}."""
     from diffusers import QwenImage21Pipeline, QwenImageEditPlusPipeline
 
+    from pipelines.model_swap import ResidentEditModels
+
     qwen21 = engine.edit.entry.pipeline == "qwen_image_21"
     if stock_pipe is None:
         stock_class = QwenImage21Pipeline if qwen21 else QwenImageEditPlusPipeline
@@ -213,7 +199,7 @@ def with_stock(engine, stock_pipe=None) -> dict:
     stock = copy.copy(engine)
     stock.edit = dataclasses.replace(engine.edit, pipe=wrapped)
     # the engine takes each job's model from .models: the stock copy's own, or it would run Retouch's
-    stock.models = HeldModels(stock.edit)
+    stock.models = ResidentEditModels.of(engine.registry, stock.edit)
     return {"retouch": engine, "stock": stock}
 
 

@@ -31,6 +31,15 @@ class ResidentEditModels:
         self.load_seconds: dict[str, float] = {}
         self._load(registry.edit_model(None)[0])
 
+    @classmethod
+    def of(cls, registry: Registry, model: LoadedEditModel) -> ResidentEditModels:
+        """One model built in memory, not from files (benchmarks' full-size random-weight ones)."""
+        held = cls.__new__(cls)
+        held.registry, held.device, held.capacity = registry, None, 1
+        held._loaded = OrderedDict({model.name: model})
+        held.load_seconds = {}
+        return held
+
     @property
     def names(self) -> list[str]:
         """The loaded edit models, least recently used first."""
