@@ -134,6 +134,15 @@ class ModelEntry(Strict):
     # the operator has read a non-permissive licence and accepts its terms for this deployment
     accept_license: bool = False
 
+    @model_validator(mode="after")
+    def _knobs_of_its_pipeline(self) -> ModelEntry:
+        """A setting the model's pipeline never reads is an error, not silently ignored."""
+        if self.pipeline == "qwen_image_21" and "vl_condition_pixels" in self.model_fields_set:
+            raise ValueError("vl_condition_pixels: Qwen-Image 2.1 reads one area, vae_condition_pixels")
+        if self.pipeline != "qwen_image_21" and "kv_cache" in self.performance.model_fields_set:
+            raise ValueError("performance.kv_cache is Qwen-Image 2.1's prefix cache; this pipeline has none")
+        return self
+
 
 class ModePreset(Strict):
     prompt_template: str | None = None  # "{prompt}" is replaced by the user's instruction

@@ -87,6 +87,12 @@ def test_errors_name_the_file_the_key_and_the_bad_value(tiny_weights, tmp_path):
         (lambda d: d["models"]["z-image-turbo-tiny"].update(roles=["edit_plus"]), "needs the pipeline"),
         (lambda d: d.pop("default_model"), "name one as default_model"),
         (lambda d: d.update(default_model="z-image-turbo-tiny"), "is not an edit model"),
+        # a knob the model's pipeline never reads
+        (lambda d: d["models"]["qwen-image-2.1-tiny"].update(vl_condition_pixels=4096), "reads one area"),
+        (
+            lambda d: d["models"]["qwen-image-edit-tiny"].update(performance={"kv_cache": False}),
+            "this pipeline has none",
+        ),
     ],
 )
 def test_invalid_registries_are_refused(tiny_weights, tmp_path, mutate, expected):
