@@ -10,6 +10,7 @@ covers per side (2 for Qwen-Image-Edit, 1 for Qwen-Image 2.1, which reads latent
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,10 +40,53 @@ class StageClock:
         return now
 
 
+@dataclass
+class LoopEnds:
+    """What the end of every denoising step needs besides the step's own tensors."""
+
+    timesteps: torch.Tensor
+    guide: dict | None
+    height: int
+    width: int
+    on_step: Callable[[int, int], None] | None
+    on_preview: Callable[[int, Image.Image], None] | None
+    preview_steps: Collection[int]
+
+
 class EditLoopMixin:
     latent_patch = 2
+    # set by the loader from weights.yaml (performance.prompt_cache_size); None = always encode
+    prompt_cache = None
+    # set by the loader (performance.offload_text_encoder): sends the text encoder back to CPU memory
+    text_encoder_hook = None
     # set by the memory plan (pipelines/memory_apply.py) when the transformer visits per job
     transformer_hook = None
+
+    def _encode_cached(self, key_length: int, **encode):
+        """``encode_prompt(**encode)`` through the prompt cache (keyed by prompt, pictures and
+        ``key_length``); a visiting text encoder goes back to CPU memory before the denoise loop."""
+        cache = self.prompt_cache
+        key = cache.key(encode["prompt"], encode["image"], key_length) if cache is not None else None
+        found = cache.get(key) if cache is not None else None
+        if found is not None:
+            return found
+        encoded = self.encode_prompt(**encode)
+        if self.text_encoder_hook is not None:
+            self.text_encoder_hook.offload()
+        if cache is not None:
+            cache.put(key, encoded)
+        return encoded
+
+    def _end_step(self, ends: LoopEnds, i: int, t, latents: torch.Tensor, noise_pred: torch.Tensor):
+        """After step ``i``'s prediction: its preview, the scheduler step, the mask guide, progress."""
+        if ends.on_preview is not None and i + 1 in ends.preview_steps:
+            ends.on_preview(i + 1, self._preview(latents, noise_pred, i, ends.guide, ends.height, ends.width))
+        latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+        if ends.guide is not None:
+            latents = self._apply_mask_guide(ends.guide, latents, ends.timesteps, i)
+        if ends.on_step is not None:
+            ends.on_step(i + 1, len(ends.timesteps))
+        return latents
 
     def check_edit_inputs(self, images, prompt, height, width, num_inference_steps, true_cfg_scale, mask):
         if not images:

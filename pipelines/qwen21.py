@@ -29,14 +29,11 @@ from diffusers.pipelines.qwenimage21.pipeline_qwenimage21 import (
 )
 from PIL import Image
 
-from .edit_loop import EditLoopMixin, EditOutput, StageClock
+from .edit_loop import EditLoopMixin, EditOutput, LoopEnds, StageClock
 
 
 class RetouchQwenImage21Pipeline(EditLoopMixin, QwenImage21Pipeline):
     latent_patch = 1
-    # set by the loader (performance.prompt_cache_size); None = always encode
-    prompt_cache = None
-    text_encoder_hook = None
     # the prefix KV cache (weights.yaml performance.kv_cache); exact, so on unless turned off
     use_kv_cache = True
 
@@ -46,19 +43,6 @@ class RetouchQwenImage21Pipeline(EditLoopMixin, QwenImage21Pipeline):
     def _denormalize(self, latents: torch.Tensor) -> torch.Tensor:
         mean, std = self._latent_stats(latents)
         return latents * std + mean  # the stock 2.1 pipeline's arithmetic
-
-    def _encode_cached(self, *, prompt, image, device):
-        cache = self.prompt_cache
-        key = cache.key(prompt, image, 0) if cache is not None else None
-        found = cache.get(key) if cache is not None else None
-        if found is not None:
-            return found
-        encoded = self.encode_prompt(prompt=prompt, image=image, device=device)
-        if self.text_encoder_hook is not None:
-            self.text_encoder_hook.offload()
-        if cache is not None:
-            cache.put(key, encoded)
-        return encoded
 
     def _target_slots(self, mask: torch.Tensor, target_tokens: int) -> torch.Tensor:
         """The transformer's image mask spans the joint sequence: one slot per 2x2 target latents."""
@@ -101,13 +85,10 @@ class RetouchQwenImage21Pipeline(EditLoopMixin, QwenImage21Pipeline):
 
         # 3. Encode the prompt with the pictures and, for true CFG, the negative prompt
         do_true_cfg = true_cfg_scale > 1 and negative_prompt is not None
-        prompt_embeds, prompt_mask, pad_mask = self._encode_cached(
-            prompt=prompt, image=vl_images, device=device
-        )
+        encode = dict(image=vl_images, device=device)
+        prompt_embeds, prompt_mask, pad_mask = self._encode_cached(0, prompt=prompt, **encode)
         if do_true_cfg:
-            neg_embeds, neg_mask, neg_pad_mask = self._encode_cached(
-                prompt=negative_prompt, image=vl_images, device=device
-            )
+            neg_embeds, neg_mask, neg_pad_mask = self._encode_cached(0, prompt=negative_prompt, **encode)
 
         # 4. Prepare latents: noise for the output after the packed latents of every picture
         latents, image_latents = self.prepare_latents(
@@ -146,6 +127,7 @@ class RetouchQwenImage21Pipeline(EditLoopMixin, QwenImage21Pipeline):
         blocks = len(self.transformer.transformer_blocks)
         cond_cache = QwenImage21KVCache(blocks) if caching else None
         neg_cache = QwenImage21KVCache(blocks) if caching and do_true_cfg else None
+        ends = LoopEnds(timesteps, guide, height, width, on_step, on_preview, preview_steps)
 
         # 6. Denoising loop: the first step fills the prefix cache, later ones read it
         for i, t in enumerate(timesteps):
@@ -178,13 +160,7 @@ class RetouchQwenImage21Pipeline(EditLoopMixin, QwenImage21Pipeline):
                         return_dict=False,
                     )[0][:, -latents.size(1) :]
                 noise_pred = self._combine_cfg(noise_pred, neg_pred, true_cfg_scale, cfg_norm_strength)
-            if on_preview is not None and i + 1 in preview_steps:
-                on_preview(i + 1, self._preview(latents, noise_pred, i, guide, height, width))
-            latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-            if guide is not None:
-                latents = self._apply_mask_guide(guide, latents, timesteps, i)
-            if on_step is not None:
-                on_step(i + 1, len(timesteps))
+            latents = self._end_step(ends, i, t, latents, noise_pred)
         started = clock.mark("denoise", started)
 
         # 7. Decode (the NaN/Inf guard on latents and pixels); the VAE paints RGBA, jobs get RGB

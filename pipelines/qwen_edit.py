@@ -27,30 +27,10 @@ from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (
 )
 from PIL import Image
 
-from .edit_loop import EditLoopMixin, EditOutput, StageClock
+from .edit_loop import EditLoopMixin, EditOutput, LoopEnds, StageClock
 
 
 class RetouchQwenEditPipeline(EditLoopMixin, QwenImageEditPlusPipeline):
-    # set by the loader from weights.yaml (performance.prompt_cache_size); None = always encode
-    prompt_cache = None
-    # set by the loader (performance.offload_text_encoder): sends the text encoder back to CPU memory
-    text_encoder_hook = None
-
-    def _encode_cached(self, *, prompt, image, device, max_sequence_length):
-        cache = self.prompt_cache
-        key = cache.key(prompt, image, max_sequence_length) if cache is not None else None
-        found = cache.get(key) if cache is not None else None
-        if found is not None:
-            return found
-        encoded = self.encode_prompt(
-            prompt=prompt, image=image, device=device, max_sequence_length=max_sequence_length
-        )
-        if self.text_encoder_hook is not None:
-            self.text_encoder_hook.offload()  # free its GPU memory before the denoise loop
-        if cache is not None:
-            cache.put(key, encoded)
-        return encoded
-
     @torch.no_grad()
     def __call__(
         self,
@@ -90,16 +70,10 @@ class RetouchQwenEditPipeline(EditLoopMixin, QwenImageEditPlusPipeline):
 
         # 3. Encode the prompt (with the pictures) and, for true CFG, the negative prompt
         do_true_cfg = true_cfg_scale > 1 and negative_prompt is not None
-        prompt_embeds, prompt_mask = self._encode_cached(
-            prompt=prompt, image=vl_images, device=device, max_sequence_length=max_sequence_length
-        )
+        encode = dict(image=vl_images, device=device, max_sequence_length=max_sequence_length)
+        prompt_embeds, prompt_mask = self._encode_cached(max_sequence_length, prompt=prompt, **encode)
         if do_true_cfg:
-            neg_embeds, neg_mask = self._encode_cached(
-                prompt=negative_prompt,
-                image=vl_images,
-                device=device,
-                max_sequence_length=max_sequence_length,
-            )
+            neg_embeds, neg_mask = self._encode_cached(max_sequence_length, prompt=negative_prompt, **encode)
 
         # 4. Prepare latents: noise for the output, packed VAE latents of every input picture
         num_channels = self.transformer.config.in_channels // 4
@@ -136,6 +110,7 @@ class RetouchQwenEditPipeline(EditLoopMixin, QwenImageEditPlusPipeline):
             self.scheduler, num_inference_steps, device, sigmas=sigmas, mu=mu
         )
         self.scheduler.set_begin_index(0)
+        ends = LoopEnds(timesteps, guide, height, width, on_step, on_preview, preview_steps)
 
         # 6. Denoising loop
         for i, t in enumerate(timesteps):
@@ -163,13 +138,7 @@ class RetouchQwenEditPipeline(EditLoopMixin, QwenImageEditPlusPipeline):
                         return_dict=False,
                     )[0][:, : latents.size(1)]
                 noise_pred = self._combine_cfg(noise_pred, neg_pred, true_cfg_scale, cfg_norm_strength)
-            if on_preview is not None and i + 1 in preview_steps:
-                on_preview(i + 1, self._preview(latents, noise_pred, i, guide, height, width))
-            latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-            if guide is not None:
-                latents = self._apply_mask_guide(guide, latents, timesteps, i)
-            if on_step is not None:
-                on_step(i + 1, len(timesteps))
+            latents = self._end_step(ends, i, t, latents, noise_pred)
         started = clock.mark("denoise", started)
 
         # 7. Decode (the NaN/Inf guard on latents and pixels)
