@@ -24,7 +24,7 @@ from .registry import (
     packaged_config,
     tiny_registry,
 )
-from .tokenizer import QWEN_SPECIAL_TOKENS, train_tiny_qwen_tokenizer
+from .tokenizer import tiny_vl_configs, train_tiny_qwen_tokenizer
 
 # Small enough that a whole edit runs in well under a second on 2 CPU cores.
 QWEN_TRANSFORMER = dict(
@@ -60,7 +60,6 @@ def _build_qwen_edit(out: Path, tokenizer, *, zero_cond_t: bool, seed: int) -> N
     )
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     torch.manual_seed(seed)
     transformer = QwenImageTransformer2DModel(**QWEN_TRANSFORMER, zero_cond_t=zero_cond_t)
     torch.manual_seed(0)
@@ -76,34 +75,14 @@ def _build_qwen_edit(out: Path, tokenizer, *, zero_cond_t: bool, seed: int) -> N
         latents_std=[1.0] * QWEN_VAE_Z,
     )
     torch.manual_seed(0)
+    rope = {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}
+    text, vision, tokens = tiny_vl_configs(tokenizer, rope_scaling=rope, rope_theta=1000000.0)
     config = Qwen2_5_VLConfig(
-        text_config={
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "vocab_size": len(tokenizer),
-            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
-            "rope_theta": 1000000.0,
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
-        vision_config={
-            "depth": 2,
-            "hidden_size": 16,
-            "intermediate_size": 16,
-            "num_heads": 2,
-            "out_hidden_size": 16,
-            "fullatt_block_indexes": [1],
-        },
+        text_config=text,
+        vision_config={**vision, "fullatt_block_indexes": [1]},
         vocab_size=len(tokenizer),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        vision_token_id=ids["<|vision_pad|>"],
+        vision_token_id=tokenizer.convert_tokens_to_ids("<|vision_pad|>"),
+        **tokens,
     )
     text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
 

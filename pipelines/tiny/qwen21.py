@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .tokenizer import QWEN_SPECIAL_TOKENS
+from .tokenizer import tiny_vl_configs
 
 # Head dim 16 = the rotary axes (frame, height, width); one head, as the edit models' tiny transformer.
 QWEN21_TRANSFORMER = dict(
@@ -55,7 +55,6 @@ def build_qwen_image_21(out: Path, tokenizer, *, seed: int = 2) -> None:
 
     from .registry import packaged_config
 
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     torch.manual_seed(seed)
     transformer = QwenImage21Transformer2DModel(
         in_channels=QWEN21_VAE_Z, out_channels=QWEN21_VAE_Z, **QWEN21_TRANSFORMER
@@ -74,36 +73,19 @@ def build_qwen_image_21(out: Path, tokenizer, *, seed: int = 2) -> None:
         latents_std=[1.0] * QWEN21_VAE_Z,
     )
     torch.manual_seed(seed)
+    rope = {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [1, 1, 2]}
+    text, vision, tokens = tiny_vl_configs(tokenizer, head_dim=8, rope_parameters=rope)
     config = Qwen3VLConfig(
-        text_config={
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "head_dim": 8,
-            "vocab_size": len(tokenizer),
-            "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [1, 1, 2]},
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
+        text_config=text,
         vision_config={
-            "depth": 2,
-            "hidden_size": 16,
-            "intermediate_size": 16,
-            "num_heads": 2,
-            "out_hidden_size": 16,
+            **vision,
             "patch_size": 16,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
             "num_position_embeddings": 256,
             "deepstack_visual_indexes": [0],
         },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        **tokens,
     )
     text_encoder = Qwen3VLForConditionalGeneration(config).eval()
     image_kwargs = dict(patch_size=16, temporal_patch_size=2, merge_size=2)

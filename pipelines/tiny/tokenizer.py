@@ -56,6 +56,32 @@ low quality blurry noisy distorted oversaturated bad anatomy watermark text logo
 """
 
 
+def tiny_vl_configs(tokenizer, **text) -> tuple[dict, dict, dict]:
+    """The tiny vision-language encoders' shared sizes over this tokenizer: (text_config, the vision
+    config's common part, the special token ids the model config names). ``text``: per-model keys."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    text_config = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "vocab_size": len(tokenizer),
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        **text,
+    }
+    vision = {"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16}
+    tokens = {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+    return text_config, vision, tokens
+
+
 def train_tiny_qwen_tokenizer(vocab_size: int = 1024) -> Qwen2Tokenizer:
     """Train a byte-level BPE and wrap it as a transformers ``Qwen2Tokenizer``."""
     bpe = Tokenizer(models.BPE())
