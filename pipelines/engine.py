@@ -78,7 +78,10 @@ class EditEngine:
     ) -> EditResult:
         # 1. Check the job against the registry and decode every picture safely
         warnings = check_spec(spec, self.registry)
-        self.edit, swap = self.models.get(self.registry.edit_model(spec.model)[0])
+        model = self.registry.edit_model(spec.model)[0]
+        if self.models.will_swap(model):
+            self.edit = None  # the model swapped out must not stay referenced while the next loads
+        self.edit, swap = self.models.get(model)
         if swap is not None:
             out = f", unloading {', '.join(swap['unloaded'])}" if swap["unloaded"] else ""
             warnings.append(f"{swap['loaded']} was loaded for this job in {swap['seconds']:g} s{out}")

@@ -29,7 +29,13 @@ class ResidentEditModels:
         self._loaded: OrderedDict[str, LoadedEditModel] = OrderedDict()
         # seconds the last load of each model took (the first, at start, included)
         self.load_seconds: dict[str, float] = {}
+        self._pods: dict[str, Registry] = {}  # the registry as a pod holding each model sees it
         self._load(registry.edit_model(None)[0])
+
+    def _pod(self, name: str) -> Registry:
+        if name not in self._pods:
+            self._pods[name] = self.registry.holding(name)
+        return self._pods[name]
 
     @classmethod
     def of(cls, registry: Registry, model: LoadedEditModel) -> ResidentEditModels:
@@ -37,7 +43,7 @@ class ResidentEditModels:
         held = cls.__new__(cls)
         held.registry, held.device, held.capacity = registry, None, 1
         held._loaded = OrderedDict({model.name: model})
-        held.load_seconds = {}
+        held.load_seconds, held._pods = {}, {}
         return held
 
     @property
@@ -46,7 +52,9 @@ class ResidentEditModels:
         return list(self._loaded)
 
     def get(self, name: str) -> tuple[LoadedEditModel, dict | None]:
-        """The edit model ``name``, loaded; the second value reports the swap it took, if any."""
+        """The edit model ``name``, loaded; the second value reports the swap it took, if any.
+        A caller holding a loaded model drops it first (``will_swap``): an unloaded model is freed
+        only once nothing refers to it."""
         if name in self._loaded:
             self._loaded.move_to_end(name)
             return self._loaded[name], None
@@ -61,6 +69,9 @@ class ResidentEditModels:
         model = self._load(name)
         seconds = time.perf_counter() - started
         return model, {"loaded": name, "unloaded": unloaded, "seconds": round(seconds, 3)}
+
+    def will_swap(self, name: str) -> bool:
+        return self.registry.swap and name not in self._loaded
 
     def _make_room(self, name: str) -> list[str]:
         unloaded = []
@@ -80,7 +91,7 @@ class ResidentEditModels:
             return True
         from . import memory_apply
 
-        plan = memory_apply.plan_for(self.registry.holding(name), device)
+        plan = memory_apply.plan_for(self._pod(name), device)
         if plan is None:
             return True
         needed = sum(r.placed_bytes for r in plan.rows if r.size.model == name and r.placement == "gpu")
@@ -91,7 +102,7 @@ class ResidentEditModels:
 
     def _load(self, name: str) -> LoadedEditModel:
         started = time.perf_counter()
-        model = load_edit_model(self.registry.holding(name), self.device)
+        model = load_edit_model(self._pod(name), self.device)
         self.load_seconds[name] = round(time.perf_counter() - started, 3)
         self._loaded[name] = model
         return model

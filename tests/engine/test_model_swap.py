@@ -62,3 +62,27 @@ def test_without_swap_a_job_for_another_model_is_refused_naming_the_setting(engi
         engine.run(job(OLDER))
     assert err.value.field == "model" and "swap: true" in err.value.message
     assert engine.models.names == [NEWEST]
+
+
+def test_a_model_swapped_out_is_freed_before_the_next_one_loads(registry, monkeypatch):
+    import gc
+    import weakref
+
+    from pipelines import EditEngine, model_swap
+
+    one_at_a_time = EditEngine(swapping(registry, resident=1))
+    first = weakref.ref(one_at_a_time.edit.pipe.transformer)
+    alive_at_load = []
+    real_load = model_swap.load_edit_model
+
+    def load(*args, **kwargs):
+        gc.collect()
+        alive_at_load.append(first() is not None)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(model_swap, "load_edit_model", load)
+    result = one_at_a_time.run(job(OLDER))
+    assert result.record["swap"]["unloaded"] == [NEWEST]
+    # nothing kept the unloaded model's weights alive while the next one loaded: one model's memory
+    assert alive_at_load == [False]
+    assert one_at_a_time.models.names == [OLDER]
