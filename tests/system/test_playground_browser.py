@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -15,6 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
+from server.store import SQLiteStore
 from tests.conftest import PLAYGROUND_KEY, encode, make_photo
 from tests.unit.test_metrics import start_long_job, worker_paused
 
@@ -77,6 +79,25 @@ def _write_pictures(folder: Path) -> tuple[Path, Path]:
     return first, second
 
 
+@contextlib.contextmanager
+def _frozen_while_processing(page, server):
+    """The page's job, frozen mid-run (its worker SIGSTOPped) once the server says it runs: a job
+    of the tiny set can end between two of the page's 400 ms polls, never while frozen."""
+    page.wait_for_function("document.getElementById('job-id').textContent.length > 0")
+    job_id = page.inner_text("#job-id")
+    headers = {"X-API-Key": API_KEY}
+    deadline = time.monotonic() + 120
+    while (
+        requests.get(f"{server.base_url}/edit/image/v1/status/{job_id}", headers=headers).json()["status"]
+        != "processing"
+    ):
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.02)
+    with worker_paused(server.data_dir, running=(server.base_url, headers, job_id)):
+        page.wait_for_function("document.getElementById('job-status').textContent.startsWith('processing')")
+        yield job_id
+
+
 def _drag(page, box, points) -> None:
     page.mouse.move(box["x"] + points[0][0] * box["width"], box["y"] + points[0][1] * box["height"])
     page.mouse.down()
@@ -124,10 +145,13 @@ def test_playground_cancel_stops_the_running_job(page, server, tmp_path):
     page.check("input[name=speed][value=quality]")
     page.fill("#steps", "100")
     page.click("#submit")
-    page.wait_for_function(
-        "document.getElementById('job-status').textContent.startsWith('processing')", timeout=120_000
-    )
-    page.click("#cancel")
+    with _frozen_while_processing(page, server) as job_id:
+        page.click("#cancel")  # asked while the job runs: the worker stops at its next step
+        store = SQLiteStore(server.data_dir / "retouch.sqlite3")
+        deadline = time.monotonic() + 30
+        while not store.get_job(job_id).cancel_requested:
+            assert time.monotonic() < deadline, "the page's cancel never reached the server"
+            time.sleep(0.02)
     page.wait_for_selector("#job-note:not([hidden])", timeout=60_000)
     assert page.inner_text("#job-status").startswith("cancelled")
     # The user's own cancel is a state of the job, not the red error box.
@@ -200,12 +224,9 @@ def test_playground_edit_with_painted_mask_end_to_end(page, server, tmp_path):
         assert page.inner_text("#eta").startswith("ETA: about ")
         _shot(page, "2-queued")
     frozen_s = time.monotonic() - started
-    page.wait_for_function(
-        "document.getElementById('job-status').textContent.startsWith('processing')", timeout=120_000
-    )
     # Frozen mid-job, the page must show exactly the server's progress: earlier stages full, the
     # current one at step/total.
-    with worker_paused(server.data_dir):
+    with _frozen_while_processing(page, server):
         page.wait_for_timeout(1200)  # a few of the page's polls
         status = requests.get(
             f"{server.base_url}/edit/image/v1/status/{page.inner_text('#job-id')}",
