@@ -5,6 +5,9 @@ One cluster for the module; the tests run in file order and the last one kills a
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,6 +57,12 @@ def image():
     return png_data_url(64, 48)
 
 
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (a pod's worker processes)."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found]
+
+
 def _submit(client, api, image, **fields) -> str:
     resp = submit(client, api, {"prompt": "make it blue", "input_image": image, **fields})
     assert resp.status_code == 200, resp.text
@@ -86,8 +95,10 @@ def test_redis_servers_lists_live_pods_for_admins(cluster, client, registry):
 def test_redis_jobs_spread_over_workers_and_pinned_jobs_stay_on_their_pod(cluster, client, image):
     api_a, api_b = cluster.apis
     unpinned = [_submit(client, (api_a, api_b)[i % 2], image, seed=i) for i in range(12)]
-    # Queue positions read through the other API pod follow submission order.
-    positions = [status(client, api_b, j)["queue_position"] for j in unpinned[-4:]]
+    # Queue positions read through the other API pod follow submission order. Read newest first:
+    # positions only fall as workers claim jobs, so an older job read later still reads lower
+    # (read oldest first, a claim between two reads could give two jobs the same position).
+    positions = [status(client, api_b, j)["queue_position"] for j in reversed(unpinned[-4:])][::-1]
     queued = [p for p in positions if p is not None]
     assert queued == sorted(queued) and len(set(queued)) == len(queued)
     pinned = {sid: [_submit(client, api_a, image, server_id=sid) for _ in range(2)] for sid in WORKERS}
@@ -179,8 +190,15 @@ def test_redis_killed_worker_pod_unpinned_rerun_elsewhere_pinned_fail(cluster, c
         time.sleep(0.1)
     # The pod whose job is least far along dies, so it surely dies mid-job.
     victim = min(running, key=lambda sid: bodies[running[sid]]["progress"])
+    # Its workers frozen first, so it surely dies mid-job: a tiny job can end within the few
+    # milliseconds between the check above and the kill on a fast CPU.
+    workers = _children(cluster.workers[victim].proc.pid)
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
     pinned = [_submit(client, api_b, image, server_id=victim) for _ in range(2)]
     cluster.workers[victim].kill()
+    for pid in workers:  # stopped, they cannot notice the orphaning that ends them otherwise
+        os.kill(pid, signal.SIGKILL)
     killed_at = time.time()
 
     done = wait_jobs(client, [api_a, api_b], long_ids + pinned, timeout=240)
