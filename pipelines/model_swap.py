@@ -70,6 +70,21 @@ class ResidentEditModels:
         seconds = time.perf_counter() - started
         return model, {"loaded": name, "unloaded": unloaded, "seconds": round(seconds, 3)}
 
+    def largest_sides(self) -> dict[str, int]:
+        """The largest output side each edit model this engine may run fits under its own memory
+        plan (a swapping worker's plans differ per model); empty where nothing is planned (a CPU)."""
+        from . import memory_apply
+
+        edit = {n for n, _ in self.registry.edit_models()}
+        names = [n for n in self.registry.pod_models() if n in edit] if self.registry.swap else self.names
+        sides = {}
+        for name in names:
+            device = resolve_device(self.device or self.registry.models[name].device)
+            plan = memory_apply.plan_for(self._pod(name), device)
+            if plan is not None:
+                sides[name] = plan.largest_side
+        return sides
+
     def will_swap(self, name: str) -> bool:
         return self.registry.swap and name not in self._loaded
 

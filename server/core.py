@@ -190,9 +190,9 @@ class Core:
         model = self._job_model(params, meta.server_id)
         try:
             planned_side = (
-                self.pods.largest_side(meta.server_id)
+                self.pods.largest_side(meta.server_id, model)
                 if self.pods is not None
-                else memory_report.largest_side(self.settings)
+                else memory_report.largest_side(self.settings, model)
             )
             if planned_side is not None:
                 check_planned_side(params, self.registry, sizes[0], planned_side, masked=masked)

@@ -100,7 +100,13 @@ def read_models(settings: Settings) -> list[dict]:
     return reports
 
 
-def largest_side(settings: Settings) -> int | None:
+def side_for(plan: dict, model: str | None) -> int | None:
+    """The largest output side a worker's plan fits for ``model`` (a swapping worker plans each
+    model it may load), else for whatever it runs."""
+    return (plan.get("largest_side_by_model") or {}).get(model, plan.get("largest_side"))
+
+
+def largest_side(settings: Settings, model: str | None = None) -> int | None:
     """The largest output side every worker's plan fits (a job may go to any of them)."""
-    sides = [p["largest_side"] for p in read_all(settings) if "largest_side" in p]
+    sides = [side for p in read_all(settings) if (side := side_for(p, model)) is not None]
     return min(sides) if sides else None

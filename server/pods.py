@@ -135,14 +135,17 @@ class PodAgent:
             return [{**self.info(), "age_s": 0.0}]
         return [p for p in self.store.pods() if self.is_live(p)]
 
-    def largest_side(self, server_id: str | None = None) -> int | None:
+    def largest_side(self, server_id: str | None = None, model: str | None = None) -> int | None:
         """The largest output side the memory plans of the GPU pods that may run a job fit: the
         pinned pod's, else the smallest over every live pod (any of them may claim it). API pods
         read it from the pod records, so they refuse oversize jobs as worker pods do."""
         pods = [p for p in self.live_pods() if p.get("role") != "api"]
         if server_id is not None:
             pods = [p for p in pods if p["server_id"] == server_id]
-        sides = [plan["largest_side"] for p in pods for plan in p.get("memory_plans") or ()]
+        if model is not None:  # only the pods that may run it
+            pods = [p for p in pods if not p.get("models") or model in p["models"]]
+        plans = [plan for p in pods for plan in p.get("memory_plans") or ()]
+        sides = [side for plan in plans if (side := memory_report.side_for(plan, model)) is not None]
         return min(sides) if sides else None
 
     def holders(self, model: str) -> list[str]:

@@ -101,8 +101,13 @@ class EditWorker:
         self.engine = load_factory(self.settings.engine_factory)(self.registry)
         plan = getattr(getattr(self.engine, "edit", None), "memory_plan", None)
         if plan is not None:
-            memory_report.publish(self.settings, self.worker_id, plan.summary())
+            memory_report.publish(self.settings, self.worker_id, self._plan_summary(plan))
         self._report_models()
+
+    def _plan_summary(self, plan) -> dict:
+        models = getattr(self.engine, "models", None)
+        sides = models.largest_sides() if models is not None else {}
+        return plan.summary() | ({"largest_side_by_model": sides} if sides else {})
 
     def _report_models(self) -> None:
         """Which edit models this worker has loaded (they change when it swaps, weights.yaml swap)."""
@@ -114,7 +119,7 @@ class EditWorker:
             memory_report.publish_models(self.settings, self.worker_id, resident, models.load_seconds)
             plan = getattr(self.engine.edit, "memory_plan", None)
             if plan is not None and self._reported is not None:  # the plan of the model now running
-                memory_report.publish(self.settings, self.worker_id, plan.summary())
+                memory_report.publish(self.settings, self.worker_id, self._plan_summary(plan))
             self._reported = resident
 
     def run(self, record: JobRecord) -> None:

@@ -86,3 +86,15 @@ def test_a_model_swapped_out_is_freed_before_the_next_one_loads(registry, monkey
     # nothing kept the unloaded model's weights alive while the next one loaded: one model's memory
     assert alive_at_load == [False]
     assert one_at_a_time.models.names == [OLDER]
+
+
+def test_a_swapping_engine_plans_every_model_it_may_load(registry):
+    from pipelines.memory_settings import MemorySettings
+    from pipelines.model_swap import ResidentEditModels
+
+    planned = MemorySettings(plan="resident", gpu_memory_gib=2)  # a named plan applies on a CPU too
+    fixed = ResidentEditModels(registry.model_copy(update={"memory": planned}))
+    assert list(fixed.largest_sides()) == [NEWEST]  # one model: only its own plan
+    swap = ResidentEditModels(swapping(registry.model_copy(update={"memory": planned}), resident=1))
+    sides = swap.largest_sides()  # each model's own plan (what the API holds its jobs to)
+    assert set(sides) == {NEWEST, OLDER, QWEN21} and all(side >= 64 for side in sides.values())

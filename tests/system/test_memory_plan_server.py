@@ -121,3 +121,38 @@ def test_an_api_pod_on_redis_refuses_what_the_worker_pods_plans_do_not_fit(
         api.close()
         store.close()
         delete_prefix(redis_url, prefix)
+
+
+def test_a_swapping_pods_plan_per_model_decides_each_jobs_largest_side(
+    redis_url,  # noqa: F811
+    tiny_weights,
+    tmp_path,
+):
+    """A worker that swaps models (weights.yaml swap) plans each model it may load; a job is held to
+    its own model's plan, not to whichever model the worker has loaded now."""
+    from server.store.redis_store import RedisStore
+
+    prefix = unique_prefix()
+    settings = make_settings(
+        tmp_path, role="api", workers=0, redis_url=redis_url, redis_prefix=prefix, weights=str(tiny_weights)
+    )
+    store = RedisStore(redis_url, prefix=prefix)
+    by_model = {"qwen-image-edit-tiny": 256, "qwen-image-2.1-tiny": 1024}
+    plan = {"worker": "gpu-swap-w0", "plan": "custom", "largest_side": 256, "largest_side_by_model": by_model}
+    models = ["qwen-image-2.1-tiny", "qwen-image-edit-tiny", "z-image-turbo-tiny"]
+    store.pod_heartbeat(
+        {"server_id": "gpu-swap", "role": "worker", "state": "running", "workers_alive": 1, "models": models}
+        | {"memory_plans": [plan]}
+    )
+    api = AsgiServer(settings)
+    picture = "data:image/png;base64," + base64.b64encode(png_bytes(96, 64)).decode()
+    try:
+        body = {"prompt": "make it warmer", "input_image": picture, "width": 384, "height": 256}
+        refused = api.post("/edit/image/v1", json=body)  # the default model: its plan fits 256px
+        assert refused.status_code == 422 and "fits outputs up to 256px" in refused.json()["message"]
+        newer = api.post("/edit/image/v1", json=body | {"model": "qwen-image-2.1"})
+        assert newer.status_code == 200, newer.text
+    finally:
+        api.close()
+        store.close()
+        delete_prefix(redis_url, prefix)
