@@ -47,22 +47,30 @@ def served(tmp_path_factory):
     srv.close()
 
 
-@pytest.fixture(scope="session")
-def tiny_serve(tiny_weights, tmp_path_factory):
-    """The one shared real ``retouch serve`` subprocess on the tiny weights (default settings: one
-    worker, any key accepted), for the contract modules that drive an official client over TCP.
-    ``data_dir`` is its data folder (results, previews, secrets, the SQLite store)."""
+def serving_tiny(tiny_weights, tmp_path_factory, name: str, **env):
+    """A real ``retouch serve`` subprocess on the tiny weights, ``env`` on top of the test
+    process's; ``data_dir`` is its data folder (results, previews, secrets, the SQLite store)."""
     from tests.support.server_harness import ServeProcess, free_port
 
-    data = tmp_path_factory.mktemp("tiny-serve") / "data"
+    data = tmp_path_factory.mktemp(name) / "data"
     data.mkdir()
-    srv = ServeProcess(tiny_weights, data, free_port())
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        srv = ServeProcess(tiny_weights, data, free_port())
     srv.data_dir = data
     try:
         srv.wait()
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_serve(tiny_weights, tmp_path_factory):
+    """The one shared real ``retouch serve`` on the tiny weights (default settings: one worker, any
+    key accepted), for the contract modules that drive an official client over TCP."""
+    yield from serving_tiny(tiny_weights, tmp_path_factory, "tiny-serve")
 
 
 # The one key the playground's server accepts (tests/system/test_playground_browser*.py).
@@ -74,19 +82,7 @@ def playground_serve(tiny_weights, tmp_path_factory):
     """A real ``retouch serve`` on the tiny weights that accepts ``PLAYGROUND_KEY`` only, behind the
     playground's browser tests. Session-scoped: both playground modules use it, and a module-scoped
     fixture imported into a second module would start a second server there."""
-    from tests.support.server_harness import ServeProcess, free_port
-
-    data = tmp_path_factory.mktemp("playground") / "data"
-    data.mkdir()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RETOUCH_API_KEYS", PLAYGROUND_KEY)
-        srv = ServeProcess(tiny_weights, data, free_port())
-    srv.data_dir = data
-    try:
-        srv.wait()
-        yield srv
-    finally:
-        srv.stop()
+    yield from serving_tiny(tiny_weights, tmp_path_factory, "playground", RETOUCH_API_KEYS=PLAYGROUND_KEY)
 
 
 def make_photo(width: int = 96, height: int = 64, seed: int = 0) -> Image.Image:

@@ -17,9 +17,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import encode, make_photo
-from tests.support.server_harness import ServeProcess, WebhookReceiver
-from tests.support.server_harness import free_port as _free_port
+from tests.conftest import encode, make_photo, serving_tiny
+from tests.support.server_harness import WebhookReceiver
 
 KEY = "metrics-test-key-0123456789"
 HEADERS = {"X-API-Key": KEY}
@@ -71,21 +70,12 @@ def names(samples) -> set[str]:
 
 @pytest.fixture(scope="module")
 def server(tiny_weights, tmp_path_factory):
-    data = tmp_path_factory.mktemp("metrics") / "data"
-    data.mkdir()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RETOUCH_API_KEYS", KEY)
-        env.setenv("RETOUCH_WEBHOOK_BACKOFF_INITIAL_S", "0.2")
-        env.setenv("RETOUCH_WEBHOOK_BACKOFF_MAX_S", "0.5")
-        # A directory inherited from the test process must not leak into the server's metrics.
-        env.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path_factory.mktemp("foreign-metrics")))
-        srv = ServeProcess(tiny_weights, data, _free_port())
-    srv.data_dir = data
-    try:
-        srv.wait()
-        yield srv
-    finally:
-        srv.stop()
+    # A directory inherited from the test process must not leak into the server's metrics.
+    foreign = str(tmp_path_factory.mktemp("foreign-metrics"))
+    yield from serving_tiny(
+        tiny_weights, tmp_path_factory, "metrics", RETOUCH_API_KEYS=KEY, PROMETHEUS_MULTIPROC_DIR=foreign,
+        RETOUCH_WEBHOOK_BACKOFF_INITIAL_S="0.2", RETOUCH_WEBHOOK_BACKOFF_MAX_S="0.5",
+    )  # fmt: skip
 
 
 def _submit(server, prompt: str, **extra) -> str:
