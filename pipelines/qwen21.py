@@ -134,31 +134,17 @@ class RetouchQwenImage21Pipeline(EditLoopMixin, QwenImage21Pipeline):
             kv_mode = ("extract" if i == 0 else "cached") if caching else None
             model_input = torch.cat([image_latents, latents], dim=1)
             timestep = t.expand(latents.shape[0]).to(latents.dtype) / 1000
+            shared = dict(hidden_states=model_input, timestep=timestep, img_shapes=img_shapes,
+                          kv_cache_mode=kv_mode, return_dict=False)  # fmt: skip
+            cond = dict(encoder_hidden_states=prompt_embeds, encoder_hidden_states_mask=prompt_mask,
+                        img_mask=pad_mask, kv_cache=cond_cache)  # fmt: skip
             with self.transformer.cache_context("cond"):
-                noise_pred = self.transformer(
-                    hidden_states=model_input,
-                    timestep=timestep,
-                    encoder_hidden_states=prompt_embeds,
-                    encoder_hidden_states_mask=prompt_mask,
-                    img_shapes=img_shapes,
-                    img_mask=pad_mask,
-                    kv_cache=cond_cache,
-                    kv_cache_mode=kv_mode,
-                    return_dict=False,
-                )[0][:, -latents.size(1) :]
+                noise_pred = self.transformer(**shared, **cond)[0][:, -latents.size(1) :]
             if do_true_cfg:
+                uncond = dict(encoder_hidden_states=neg_embeds, encoder_hidden_states_mask=neg_mask,
+                              img_mask=neg_pad_mask, kv_cache=neg_cache)  # fmt: skip
                 with self.transformer.cache_context("uncond"):
-                    neg_pred = self.transformer(
-                        hidden_states=model_input,
-                        timestep=timestep,
-                        encoder_hidden_states=neg_embeds,
-                        encoder_hidden_states_mask=neg_mask,
-                        img_shapes=img_shapes,
-                        img_mask=neg_pad_mask,
-                        kv_cache=neg_cache,
-                        kv_cache_mode=kv_mode,
-                        return_dict=False,
-                    )[0][:, -latents.size(1) :]
+                    neg_pred = self.transformer(**shared, **uncond)[0][:, -latents.size(1) :]
                 noise_pred = self._combine_cfg(noise_pred, neg_pred, true_cfg_scale, cfg_norm_strength)
             latents = self._end_step(ends, i, t, latents, noise_pred)
         started = clock.mark("denoise", started)
