@@ -52,12 +52,26 @@ def plans_dir(settings: Settings) -> Path:
     return Path(run_dir) / "memory-plans" if run_dir else Path(settings.data_dir) / "memory-plans"
 
 
-def publish(settings: Settings, worker_id: str, summary: dict) -> None:
-    folder = plans_dir(settings)
+def _write(folder: Path, worker_id: str, body: dict) -> None:
+    """One worker's report, renamed into place so readers never see half of it."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{worker_id}.json.tmp"
-    tmp.write_text(json.dumps({"worker": worker_id, **summary}))
+    tmp.write_text(json.dumps({"worker": worker_id, **body}))
     tmp.replace(folder / f"{worker_id}.json")
+
+
+def _read(folder: Path) -> list[dict]:
+    reports = []
+    for file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            reports.append(json.loads(file.read_text()))
+        except (OSError, ValueError):
+            continue  # being replaced right now; the next read sees it
+    return reports
+
+
+def publish(settings: Settings, worker_id: str, summary: dict) -> None:
+    _write(plans_dir(settings), worker_id, summary)
     gauges = _gauges()
     gauges["info"].labels(worker_id, summary["plan"]).set(1)
     gauges["peak"].labels(worker_id).set(summary["peak_gib"] * 2**30)
@@ -66,14 +80,7 @@ def publish(settings: Settings, worker_id: str, summary: dict) -> None:
 
 
 def read_all(settings: Settings) -> list[dict]:
-    folder = plans_dir(settings)
-    plans = []
-    for file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            plans.append(json.loads(file.read_text()))
-        except (OSError, ValueError):
-            continue  # being replaced right now; the next read sees it
-    return plans
+    return _read(plans_dir(settings))
 
 
 def _models_dir(settings: Settings) -> Path:
@@ -82,22 +89,11 @@ def _models_dir(settings: Settings) -> Path:
 
 def publish_models(settings: Settings, worker_id: str, resident: list[str], load_seconds: dict) -> None:
     """The edit models a worker has loaded now and how long each took to load (swap ETAs)."""
-    folder = _models_dir(settings)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{worker_id}.json.tmp"
-    tmp.write_text(json.dumps({"worker": worker_id, "resident": resident, "load_seconds": load_seconds}))
-    tmp.replace(folder / f"{worker_id}.json")
+    _write(_models_dir(settings), worker_id, {"resident": resident, "load_seconds": load_seconds})
 
 
 def read_models(settings: Settings) -> list[dict]:
-    folder = _models_dir(settings)
-    reports = []
-    for file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            reports.append(json.loads(file.read_text()))
-        except (OSError, ValueError):
-            continue
-    return reports
+    return _read(_models_dir(settings))
 
 
 def side_for(plan: dict, model: str | None) -> int | None:

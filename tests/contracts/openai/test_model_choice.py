@@ -11,8 +11,9 @@ import yaml
 from openai import OpenAI
 
 from server.store import SQLiteStore
+from tests.conftest import serving_tiny
 from tests.support.openai_helpers import KEY
-from tests.support.server_harness import ServeProcess, free_port, png_bytes
+from tests.support.server_harness import png_bytes
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +23,9 @@ def swap_serve(tiny_weights, tmp_path_factory):
     data |= {"root": str(tiny_weights.parent), "swap": True, "memory": {"resident_edit_models": 2}}
     weights = folder / "weights.yaml"
     weights.write_text(yaml.safe_dump(data, sort_keys=False))
-    (folder / "data").mkdir()
-    srv = ServeProcess(weights, folder / "data", free_port())
-    srv.store = SQLiteStore(folder / "data" / "retouch.sqlite3")
-    try:
-        srv.wait()
+    for srv in serving_tiny(weights, tmp_path_factory, "swap-serve-data"):
+        srv.store = SQLiteStore(srv.data_dir / "retouch.sqlite3")
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
